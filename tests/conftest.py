@@ -1,0 +1,51 @@
+"""Shared fixtures: the tiny T-lite-shaped stand-in checkpoint and its GGUF conversions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlite_edge.gguf_build.convert import convert
+from tlite_edge.standin import write_standin
+
+STANDIN_NAME = "T-lite-standin-instruct-0.1"
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in Hugging Face folder (bf16, two shards + index, upstream quirks). Read-only."""
+    return write_standin(tmp_path_factory.mktemp("standin") / STANDIN_NAME)
+
+
+def _convert(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory, outtype: str) -> Path:
+    out = tmp_path_factory.mktemp(f"gguf-{outtype}")
+    return convert(standin_dir, name=STANDIN_NAME, outtype=outtype, out_dir=out).path
+
+
+@pytest.fixture(scope="session")
+def bf16_gguf(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _convert(standin_dir, tmp_path_factory, "bf16")
+
+
+@pytest.fixture(scope="session")
+def f32_gguf(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _convert(standin_dir, tmp_path_factory, "f32")
+
+
+def run_cli(
+    *args: str | Path, env: dict[str, str] | None = None, **kw: object
+) -> subprocess.CompletedProcess:
+    """Run ``python -m tlite_edge ARGS`` as a user would, capturing text output."""
+    full_env = {**os.environ, "PYTHONUTF8": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tlite_edge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=600,
+        **kw,
+    )

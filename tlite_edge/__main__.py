@@ -1,0 +1,3 @@
+from tlite_edge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Reading a Hugging Face checkpoint: config, tokenizer files and safetensors, streamed."""

@@ -1,0 +1,95 @@
+"""``config.json`` / ``generation_config.json`` of a Hugging Face Llama checkpoint, validated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlite_edge.errors import TliteError
+
+# HF architecture -> GGUF architecture this converter writes.
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama"}
+
+
+def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
+    """Read a JSON object; a missing optional file gives ``{}``; anything bad is a TliteError."""
+    if not path.is_file():
+        if required:
+            raise TliteError(path, "missing")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TliteError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise TliteError(path, "not a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The hyper-parameters the converter needs, taken from ``config.json``."""
+
+    path: Path
+    architecture: str
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_size: int
+    vocab_size: int
+    context_length: int
+    rope_theta: float
+    rms_eps: float
+    head_dim: int
+    tie_embeddings: bool
+    rope_scaling: dict[str, Any] | None
+    torch_dtype: str | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _int(cfg: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    value = cfg.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise TliteError(path, f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def load_config(folder: Path) -> LlamaConfig:
+    """Load and validate ``config.json``; only supported architectures pass."""
+    path = folder / "config.json"
+    cfg = read_json(path)
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if isinstance(archs, list) and len(archs) == 1 else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise TliteError(path, f"architecture {archs!r} is not supported (supported: {supported})")
+    hidden = _int(cfg, "hidden_size", path)
+    heads = _int(cfg, "num_attention_heads", path)
+    kv_heads = _int(cfg, "num_key_value_heads", path, heads)
+    head_dim = cfg.get("head_dim") or hidden // heads
+    if hidden % heads or head_dim * heads != hidden or heads % kv_heads:
+        raise TliteError(path, f"inconsistent heads: hidden {hidden}, heads {heads}, kv heads {kv_heads}")
+    scaling = cfg.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise TliteError(path, "rope_scaling must be an object or null")
+    return LlamaConfig(
+        path=path,
+        architecture=arch,
+        hidden_size=hidden,
+        n_layers=_int(cfg, "num_hidden_layers", path),
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        ffn_size=_int(cfg, "intermediate_size", path),
+        vocab_size=_int(cfg, "vocab_size", path),
+        context_length=_int(cfg, "max_position_embeddings", path, 8192),
+        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        head_dim=head_dim,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        rope_scaling=scaling,
+        torch_dtype=cfg.get("torch_dtype"),
+        raw=cfg,
+    )

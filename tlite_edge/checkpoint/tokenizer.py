@@ -1,0 +1,139 @@
+"""The Hugging Face BPE tokenizer (``tokenizer.json`` + ``tokenizer_config.json``) as GGUF vocab data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlite_edge.checkpoint.hfconfig import read_json
+from tlite_edge.errors import TliteError
+
+# GGUF token types (llama.cpp's llama_token_type).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Pre-tokenizer split regex (exactly as written in tokenizer.json) -> llama.cpp pre-tokenizer name.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZERS: dict[str, str] = {
+    LLAMA3_SPLIT: "llama-bpe",
+    "<ByteLevel use_regex>": "gpt-2",
+}
+END_OF_TURN_TOKENS = ("<|eot_id|>",)
+
+
+@dataclass
+class Vocab:
+    """Everything GGUF's ``tokenizer.ggml.*`` keys need."""
+
+    path: Path
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    bos_id: int | None
+    eos_id: int
+    eot_id: int | None
+    pad_id: int | None
+    chat_template: str | None
+    fixes: list[str] = field(default_factory=list)
+
+    def id_of(self, text: str) -> int | None:
+        try:
+            return self.tokens.index(text)
+        except ValueError:
+            return None
+
+
+def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
+    """Name the llama.cpp pre-tokenizer from the tokenizer.json's own split regex."""
+    pre = tok.get("pre_tokenizer") or {}
+    stages = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    patterns = []
+    for stage in stages:
+        if not isinstance(stage, dict):
+            continue
+        if stage.get("type") == "Split":
+            pattern = stage.get("pattern", {})
+            patterns.append(pattern.get("Regex") if isinstance(pattern, dict) else None)
+        elif stage.get("type") == "ByteLevel" and stage.get("use_regex", True):
+            patterns.append("<ByteLevel use_regex>")
+    if len(patterns) == 1 and patterns[0] in PRE_TOKENIZERS:
+        return PRE_TOKENIZERS[patterns[0]]
+    shown = patterns[0] if patterns else pre.get("type")
+    raise TliteError(
+        path, f"unknown pre-tokenizer {str(shown)[:80]!r}; supported: Llama-3 (llama-bpe), GPT-2"
+    )
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(folder: Path, tcfg: dict[str, Any]) -> str | None:
+    template = tcfg.get("chat_template")
+    if isinstance(template, list):  # named templates: take the default one
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    jinja = folder / "chat_template.jinja"
+    if not template and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    return template if isinstance(template, str) and template.strip() else None
+
+
+def load_vocab(folder: Path, vocab_size: int) -> Vocab:
+    """Read the tokenizer of a checkpoint folder into GGUF vocab data, fixing Llama-3 quirks."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise TliteError(path, "missing tokenizer (tokenizer.json is required)")
+    tok = read_json(path)
+    tcfg = read_json(folder / "tokenizer_config.json", required=False)
+    gen = read_json(folder / "generation_config.json", required=False)
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise TliteError(
+            path, f"tokenizer model {model.get('type')!r} is not supported (byte-level BPE only)"
+        )
+    pre = detect_pre_tokenizer(tok, path)
+
+    tokens: list[str | None] = [None] * vocab_size
+    types = [NORMAL] * vocab_size
+    for text, idx in model["vocab"].items():
+        if not 0 <= idx < vocab_size:
+            raise TliteError(path, f"token id {idx} outside vocab_size {vocab_size} from config.json")
+        tokens[idx] = text
+    for added in tok.get("added_tokens", []):
+        idx = added["id"]
+        if not 0 <= idx < vocab_size:
+            raise TliteError(path, f"added token id {idx} outside vocab_size {vocab_size} from config.json")
+        tokens[idx] = added["content"]
+        types[idx] = CONTROL if added.get("special") else USER_DEFINED
+    for idx, text in enumerate(tokens):
+        if text is None:
+            tokens[idx] = f"[PAD{idx}]"
+            types[idx] = UNUSED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+
+    vocab = Vocab(path, pre, tokens, types, merges, None, -1, None, None, _chat_template(folder, tcfg))
+    vocab.bos_id = vocab.id_of(_token_text(tcfg.get("bos_token")) or "<|begin_of_text|>")
+    declared_eos = vocab.id_of(_token_text(tcfg.get("eos_token")) or "")
+    eot = next((i for t in END_OF_TURN_TOKENS if (i := vocab.id_of(t)) is not None), None)
+    vocab.eot_id = eot
+    vocab.eos_id = eot if eot is not None else (declared_eos if declared_eos is not None else -1)
+    if vocab.eos_id < 0:
+        raise TliteError(folder / "tokenizer_config.json", "no end-of-sequence token declared")
+    gen_eos = gen.get("eos_token_id")
+    gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
+    if eot is not None and eot not in gen_eos and gen_eos:
+        vocab.fixes.append(
+            f"eos {gen_eos} from generation_config.json -> {eot} {tokens[eot]} "
+            "(end of turn, stops every runtime)"
+        )
+    pad = _token_text(tcfg.get("pad_token"))
+    vocab.pad_id = vocab.id_of(pad) if pad else None
+    return vocab
+

@@ -1,0 +1,50 @@
+"""``tlite-edge convert SOURCE``: Hub id or local folder -> GGUF (BF16 by default, lossless)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from tlite_edge.gguf_build.convert import convert
+from tlite_edge.gguf_build.tensor_map import OUTTYPES
+from tlite_edge.source import DEFAULT_SOURCE, resolve_source
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF", description=__doc__)
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=DEFAULT_SOURCE,
+        help=f"local folder or Hub repo id (default {DEFAULT_SOURCE})",
+    )
+    p.add_argument("--revision", help="Hub branch, tag or commit")
+    p.add_argument("--outtype", choices=list(OUTTYPES), default="bf16", help="tensor type (default bf16)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--outfile", type=Path, help="output file")
+    where.add_argument("--out-dir", type=Path, help="output folder; file named <Name>-<TYPE>.gguf")
+    p.add_argument("--chat-template", type=Path, metavar="FILE", help="Jinja chat template to write instead")
+    p.add_argument("--name", help="general.name (default: the repo or folder name)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    folder, name = resolve_source(args.source, args.revision)
+    result = convert(
+        folder,
+        name=args.name or name,
+        outtype=args.outtype,
+        outfile=args.outfile,
+        out_dir=args.out_dir,
+        chat_template=args.chat_template,
+    )
+    for fix in result.fixes:
+        console.print(f"[yellow]fixed[/]: {fix}")
+    console.print(
+        f"[green]wrote[/] {result.path} ({result.size / 2**20:,.1f} MiB, {result.n_tensors} tensors)"
+    )
+    console.print(f"sha256 {result.sha256}")
+    return 0

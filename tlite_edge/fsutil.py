@@ -1,0 +1,83 @@
+"""Safe output: write to a temporary name in the target folder, fsync, rename; sha256 sidecars."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from tlite_edge.errors import TliteError
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short, user-facing description of an OS error while writing."""
+    if exc.errno in _DISK_FULL:
+        return "disk full: no space left to write the output"
+    return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that appears at ``path`` only if the block finishes without error."""
+    target = Path(path)
+    if target.is_dir():
+        raise TliteError(target, "output path is a directory")
+    if not target.parent.is_dir():
+        raise TliteError(target.parent, "output folder does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TliteError(target, describe_os_error(exc)) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in bounded chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_sha256_sidecar(path: str | Path, hexdigest: str | None = None) -> Path:
+    """Write ``<file>.sha256`` in ``sha256sum`` format next to ``path``; return the sidecar path."""
+    target = Path(path)
+    hexdigest = hexdigest or sha256_file(target)
+    sidecar = target.with_name(target.name + ".sha256")
+    with atomic_output(sidecar) as fh:
+        fh.write(f"{hexdigest}  {target.name}\n".encode())
+    return sidecar

@@ -1,0 +1,1 @@
+"""Hugging Face Llama -> GGUF: tensor table, metadata, vocab and a streaming writer."""

@@ -1,0 +1,126 @@
+"""Convert a Hugging Face Llama folder to one GGUF file, one tensor (or row block) at a time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+from gguf import quants
+
+from tlite_edge.chat_template import resolve_chat_template
+from tlite_edge.checkpoint.hfconfig import load_config
+from tlite_edge.checkpoint.shards import Checkpoint
+from tlite_edge.checkpoint.tokenizer import load_vocab
+from tlite_edge.fsutil import atomic_output, write_sha256_sidecar
+from tlite_edge.gguf_build import metadata
+from tlite_edge.gguf_build.tensor_map import OUTTYPES, TensorPlan, permute_rows, plan_tensors
+from tlite_edge.gguf_build.writer import COPY_CHUNK, GGUFLayout, HashingSink
+from tlite_edge.progress import byte_progress
+
+SOURCE_QTYPE = {"BF16": QT.BF16, "F16": QT.F16, "F32": QT.F32}
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    sha256: str
+    size: int
+    n_tensors: int
+    outtype: str
+    fixes: list[str] = field(default_factory=list)
+
+
+def to_f32(block: np.ndarray, dtype: str) -> np.ndarray:
+    """Source block (BF16 viewed as uint16, F16 or F32) as float32."""
+    if dtype == "BF16":
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32, copy=False)
+
+
+def encode_block(block: np.ndarray, dtype: str, qtype: QT) -> np.ndarray:
+    """Encode a row block into ``qtype`` bytes (identity when the types already agree)."""
+    if SOURCE_QTYPE[dtype] == qtype:
+        return block
+    return quants.quantize(to_f32(block, dtype), qtype)
+
+
+def write_tensor(sink: HashingSink, ckpt: Checkpoint, plan: TensorPlan, head_dim: int) -> None:
+    info = ckpt.tensors[plan.src]
+    shard = ckpt.shard_of(plan.src)
+    if plan.permute_heads is None and SOURCE_QTYPE[info.dtype] == plan.qtype:
+        sink.copy_from(shard.file, info.offset, info.nbytes)
+        return
+    arr = shard.array(plan.src)
+    if arr.ndim == 1:
+        sink.write(encode_block(arr, info.dtype, plan.qtype))
+        shard.release(plan.src)
+        return
+    unit = head_dim if plan.permute_heads else 1
+    step = max(unit, COPY_CHUNK // (arr.shape[1] * 4) // unit * unit)
+    for start in range(0, arr.shape[0], step):
+        block = arr[start : start + step]
+        if plan.permute_heads:
+            block = permute_rows(block, head_dim)
+        sink.write(encode_block(block, info.dtype, plan.qtype))
+        shard.release(plan.src)
+    del arr
+
+
+def output_path(name: str, outtype: str, outfile: Path | None, out_dir: Path | None) -> Path:
+    """``--outfile`` as given, else ``<out_dir>/<Name>-<TYPE>.gguf``."""
+    if outfile is not None:
+        return outfile
+    return (out_dir or Path(".")) / f"{name}-{outtype.upper()}.gguf"
+
+
+def convert(
+    folder: Path,
+    *,
+    name: str | None = None,
+    outtype: str = "bf16",
+    outfile: Path | None = None,
+    out_dir: Path | None = None,
+    chat_template: Path | None = None,
+    progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] = byte_progress,
+) -> ConvertResult:
+    """Validate everything first, then stream the tensors into an atomically written GGUF."""
+    cfg = load_config(folder)
+    vocab = load_vocab(folder, cfg.vocab_size)
+    template = resolve_chat_template(
+        vocab.chat_template, folder / "tokenizer_config.json", chat_template, vocab.fixes
+    )
+    with Checkpoint(folder) as ckpt:
+        plans = plan_tensors(cfg, ckpt, outtype)
+        names = metadata.model_names(name or folder.resolve().name, sum(math.prod(p.shape) for p in plans))
+        layout = GGUFLayout()
+        metadata.add_model_metadata(layout, cfg, names, OUTTYPES[outtype][1], metadata.card_license(folder))
+        rope_freqs = metadata.rope_scaling_keys(cfg, layout)
+        metadata.add_tokenizer_metadata(layout, vocab, template)
+        if rope_freqs is not None:
+            layout.add_tensor("rope_freqs.weight", rope_freqs.shape, QT.F32)
+        for plan in plans:
+            layout.add_tensor(plan.dst, plan.shape, plan.qtype)
+        target = output_path(names.name, outtype, outfile, out_dir)
+        head = layout.header()
+        total = len(head) + layout.data_size()
+        with progress(f"convert {target.name}", total) as advance, atomic_output(target) as fh:
+            sink = HashingSink(fh)
+            try:
+                for part in [head] if rope_freqs is None else [head, rope_freqs]:
+                    sink.write(part)
+                    sink.pad()
+                for plan in plans:
+                    before = sink.written
+                    write_tensor(sink, ckpt, plan, cfg.head_dim)
+                    sink.pad()
+                    advance(sink.written - before)
+                digest = sink.hexdigest()
+            finally:
+                sink.abort()
+    write_sha256_sidecar(target, digest)
+    return ConvertResult(target, digest, total, len(layout.tensors), outtype, vocab.fixes)

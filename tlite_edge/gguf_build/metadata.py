@@ -1,0 +1,153 @@
+"""GGUF metadata for a Llama checkpoint: general.*, llama.* hyper-parameters and tokenizer.ggml.*."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFValueType as VT
+
+from tlite_edge.checkpoint.hfconfig import LlamaConfig
+from tlite_edge.checkpoint.tokenizer import Vocab
+from tlite_edge.errors import TliteError
+from tlite_edge.gguf_build.writer import GGUFLayout
+
+FINETUNES = ("instruct", "chat", "it", "base")
+NAME_RE = re.compile(
+    rf"^(?P<base>.+?)(?:-(?P<finetune>{'|'.join(FINETUNES)}))?(?:-v?(?P<version>\d+(?:\.\d+)*))?$", re.I
+)
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    """``general.name`` and its parts, e.g. T-lite-instruct-0.1 = T-lite + instruct + 0.1."""
+
+    name: str
+    basename: str
+    finetune: str | None
+    version: str | None
+    size_label: str
+
+
+def size_label(n_params: int) -> str:
+    """8_030_261_248 -> "8B", 135_000_000 -> "135M"."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n_params >= scale:
+            value = n_params / scale
+            return (
+                f"{value:.0f}{unit}"
+                if value >= 10 or value.is_integer()
+                else f"{value:.1f}{unit}".replace(".0", "")
+            )
+    return str(n_params)
+
+
+def model_names(name: str, n_params: int) -> ModelNames:
+    m = NAME_RE.match(name)
+    assert m is not None  # the pattern accepts any non-empty name
+    return ModelNames(name, m["base"], m["finetune"], m["version"], size_label(n_params))
+
+
+def card_license(folder: Path) -> str | None:
+    """``license:`` from the front-matter of the source's README.md, when there is one."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    front = re.match(r"^---\n(.*?)\n---", text, re.S)
+    found = re.search(r"^license:\s*['\"]?([\w.\-]+)", front[1], re.M) if front else None
+    return found[1] if found else None
+
+
+def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
+    """Per-frequency RoPE divisors for ``rope_type: llama3`` (written as ``rope_freqs.weight``)."""
+    rs = cfg.rope_scaling or {}
+    factor = float(rs.get("factor", 8.0))
+    low, high = float(rs.get("low_freq_factor", 1.0)), float(rs.get("high_freq_factor", 4.0))
+    old_ctx = float(rs.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < old_ctx / high, 1.0, np.where(wavelen > old_ctx / low, factor, mid))
+    return out.astype(np.float32)
+
+
+def rope_scaling_keys(cfg: LlamaConfig, layout: GGUFLayout) -> np.ndarray | None:
+    """Write rope-scaling keys; return the ``rope_freqs`` tensor when the scheme needs one."""
+    rs = cfg.rope_scaling
+    if not rs:
+        return None
+    kind = rs.get("rope_type") or rs.get("type")
+    if kind == "linear":
+        layout.add("llama.rope.scaling.type", VT.STRING, "linear")
+        layout.add("llama.rope.scaling.factor", VT.FLOAT32, float(rs["factor"]))
+        return None
+    if kind == "llama3":
+        return llama3_rope_factors(cfg)
+    if kind == "default":
+        return None
+    raise TliteError(cfg.path, f"rope_scaling type {kind!r} is not supported (linear, llama3)")
+
+
+def add_model_metadata(
+    layout: GGUFLayout, cfg: LlamaConfig, names: ModelNames, file_type: int, license_id: str | None
+) -> None:
+    arch = "llama"
+    general: list[tuple[str, VT, object]] = [
+        ("general.architecture", VT.STRING, arch),
+        ("general.type", VT.STRING, "model"),
+        ("general.name", VT.STRING, names.name),
+        ("general.basename", VT.STRING, names.basename),
+        ("general.finetune", VT.STRING, names.finetune),
+        ("general.version", VT.STRING, names.version),
+        ("general.size_label", VT.STRING, names.size_label),
+        ("general.license", VT.STRING, license_id),
+    ]
+    for key, vtype, value in general:
+        if value is not None:
+            layout.add(key, vtype, value)
+    layout.add("general.languages", VT.ARRAY, ["ru"], VT.STRING)
+    hparams = (
+        ("vocab_size", VT.UINT32, cfg.vocab_size),
+        ("context_length", VT.UINT32, cfg.context_length),
+        ("embedding_length", VT.UINT32, cfg.hidden_size),
+        ("block_count", VT.UINT32, cfg.n_layers),
+        ("feed_forward_length", VT.UINT32, cfg.ffn_size),
+        ("rope.dimension_count", VT.UINT32, cfg.head_dim),
+        ("attention.key_length", VT.UINT32, cfg.head_dim),
+        ("attention.value_length", VT.UINT32, cfg.head_dim),
+        ("attention.head_count", VT.UINT32, cfg.n_heads),
+        ("attention.head_count_kv", VT.UINT32, cfg.n_kv_heads),
+        ("rope.freq_base", VT.FLOAT32, cfg.rope_theta),
+        ("attention.layer_norm_rms_epsilon", VT.FLOAT32, cfg.rms_eps),
+    )
+    for key, vtype, value in hparams:
+        layout.add(f"{arch}.{key}", vtype, value)
+    layout.add("general.file_type", VT.UINT32, file_type)
+    layout.add("general.quantization_version", VT.UINT32, 2)
+
+
+def add_tokenizer_metadata(layout: GGUFLayout, vocab: Vocab, chat_template: str) -> None:
+    layout.add("tokenizer.ggml.model", VT.STRING, "gpt2")
+    layout.add("tokenizer.ggml.pre", VT.STRING, vocab.pre)
+    layout.add("tokenizer.ggml.tokens", VT.ARRAY, vocab.tokens, VT.STRING)
+    layout.add("tokenizer.ggml.token_type", VT.ARRAY, vocab.token_types, VT.INT32)
+    layout.add("tokenizer.ggml.merges", VT.ARRAY, vocab.merges, VT.STRING)
+    special = (
+        ("bos_token_id", vocab.bos_id),
+        ("eos_token_id", vocab.eos_id),
+        ("eot_token_id", vocab.eot_id),
+        ("padding_token_id", vocab.pad_id),
+    )
+    for key, value in special:
+        if value is not None:
+            layout.add(f"tokenizer.ggml.{key}", VT.UINT32, value)
+    # Raw text gets exactly one BOS from the runtime; the template writes its own BOS, which
+    # llama-cpp-python and llama-server recognise so that chat prompts never get two.
+    layout.add("tokenizer.ggml.add_bos_token", VT.BOOL, vocab.bos_id is not None)
+    layout.add("tokenizer.ggml.add_eos_token", VT.BOOL, False)
+    layout.add("tokenizer.chat_template", VT.STRING, chat_template)
