@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tlite_edge.gguf_build.convert import convert
@@ -34,6 +35,29 @@ def bf16_gguf(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def f32_gguf(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _convert(standin_dir, tmp_path_factory, "f32")
+
+
+def llama_cpp_logits(gguf: Path, ids: list[int], n_ctx: int = 128) -> np.ndarray:
+    """Per-position logits [len(ids), vocab] from llama.cpp: one batch, F32 KV cache, no flash attention."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        logits_all=True,
+        flash_attn=False,
+        type_k=0,
+        type_v=0,
+        n_threads=2,
+        n_threads_batch=2,
+        verbose=False,
+    )  # type 0 = GGML_TYPE_F32
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float64)
+    finally:
+        llm.close()
 
 
 def run_cli(

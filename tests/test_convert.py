@@ -43,6 +43,7 @@ def test_metadata_round_trip(bf16_gguf: Path, standin_dir: Path) -> None:
         "general.file_type": 32,
         "general.quantization_version": 2,
         "general.languages": ["ru"],
+        "general.license": "other",
         "llama.vocab_size": cfg["vocab_size"],
         "llama.context_length": cfg["max_position_embeddings"],
         "llama.embedding_length": cfg["hidden_size"],

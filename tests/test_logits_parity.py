@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import pytest
+from conftest import llama_cpp_logits
 from reference_llama import ReferenceLlama
 from tokenizers import Tokenizer
 
 N_TOKENS = 64
 BOS_ID = 128000  # <|begin_of_text|>
-GGML_TYPE_F32 = 0  # KV cache kept in F32 so that it does not round K/V to f16
 
 # Our own text; it tokenizes to well over 63 Llama-3 tokens.
 PROMPT_RU = (
@@ -54,27 +53,6 @@ def reference_logits(standin_dir: Path, prompt_ids: list[int]) -> np.ndarray:
     logits = ReferenceLlama(standin_dir).logits(prompt_ids)
     assert logits.shape == (N_TOKENS, 128256)
     return logits
-
-
-def llama_cpp_logits(gguf: Path, ids: list[int]) -> np.ndarray:
-    """Per-position logits [len(ids), vocab] from llama.cpp, one batch, F32 KV cache, no flash attention."""
-    llm = llama_cpp.Llama(
-        model_path=str(gguf),
-        n_ctx=128,
-        n_batch=128,
-        logits_all=True,
-        flash_attn=False,
-        type_k=GGML_TYPE_F32,
-        type_v=GGML_TYPE_F32,
-        n_threads=2,
-        n_threads_batch=2,
-        verbose=False,
-    )
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float64)
-    finally:
-        llm.close()
 
 
 def test_reference_logits_have_spread(reference_logits: np.ndarray) -> None:

@@ -34,19 +34,32 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        publish(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise TliteError(target, describe_os_error(exc)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh, empty temporary file next to ``target`` (same filesystem, so rename is atomic)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """fsync ``tmp``, give it normal permissions and rename it to ``target`` (then fsync the folder)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
 
 
 def _umask() -> int:

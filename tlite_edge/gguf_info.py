@@ -1,17 +1,114 @@
-"""Read what a GGUF file says about itself (with ``gguf.GGUFReader``), for inspect and the runtime."""
+"""Read what a GGUF file says about itself: a fast header parser for models, GGUFReader for small files."""
 
 from __future__ import annotations
 
+import math
+import mmap
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader, GGUFValueType
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from tlite_edge.errors import TliteError
+from tlite_edge.gguf_build.writer import SCALAR_FORMATS
 
 SKIP_VALUES = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"}
+
+
+@dataclass
+class GGUFHeader:
+    """Metadata and tensor infos of a GGUF, parsed without touching tensor data."""
+
+    kv: dict[str, Any]
+    tensors: list[tuple[str, tuple[int, ...], int]]  # name, ggml dims (ne0 first), ggml type
+    data_end: int = 0  # where the last tensor's data ends
+
+    def tensor_nbytes(self, dims: tuple[int, ...], qtype: int) -> int:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+        return math.prod(dims) // block * size
+
+
+def read_header(path: str | Path) -> GGUFHeader:
+    """Fast header parse (a 128k-token vocabulary takes well under a second; GGUFReader takes many)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TliteError(p, "no such file")
+    with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise TliteError(p, "not a GGUF file (bad magic)")
+        try:
+            header = _parse_header(buf)
+        except (struct.error, ValueError, UnicodeDecodeError, IndexError, KeyError) as exc:
+            raise TliteError(p, f"damaged or truncated GGUF ({exc})") from None
+        if header.data_end > len(buf):
+            raise TliteError(
+                p, f"truncated GGUF: tensor data needs {header.data_end} bytes, file has {len(buf)}"
+            )
+        return header
+
+
+def _parse_header(buf: mmap.mmap) -> GGUFHeader:
+    if buf[:4] != b"GGUF":
+        raise ValueError("bad magic")
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    if version not in (2, 3) or n_kv > 1 << 20 or n_tensors > 1 << 20:
+        raise ValueError(f"version {version}, {n_kv} keys, {n_tensors} tensors")
+    pos = 24
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        if pos + 8 + n > len(buf):
+            raise ValueError("string runs past the end of the file")
+        pos += 8 + n
+        return buf[pos - n : pos].decode("utf-8")
+
+    def value(vtype: int) -> Any:
+        nonlocal pos
+        if vtype == GGUFValueType.STRING:
+            return string()
+        if vtype == GGUFValueType.ARRAY:
+            item, count = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item == GGUFValueType.STRING:
+                return [string() for _ in range(count)]
+            fmt = SCALAR_FORMATS[GGUFValueType(item)]
+            size = struct.calcsize(fmt)
+            if pos + size * count > len(buf):
+                raise ValueError("array runs past the end of the file")
+            pos += size * count
+            return np.frombuffer(buf, dtype=np.dtype(fmt), count=count, offset=pos - size * count).tolist()
+        fmt = SCALAR_FORMATS[GGUFValueType(vtype)]
+        (v,) = struct.unpack_from(fmt, buf, pos)
+        pos += struct.calcsize(fmt)
+        return v
+
+    kv: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = string()
+        (vtype,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        kv[key] = value(vtype)
+    tensors = []
+    ends = []
+    for _ in range(n_tensors):
+        name = string()
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        if n_dims > 4:
+            raise ValueError(f"tensor {name!r} has {n_dims} dims")
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+        qtype, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+        pos += 4 + 8 * n_dims + 12
+        tensors.append((name, tuple(dims), qtype))
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+        ends.append(offset + math.prod(dims) // block * size)
+    align = int(kv.get("general.alignment", 32))
+    data_start = pos + (align - pos % align) % align
+    return GGUFHeader(kv, tensors, data_start + max(ends, default=0))
 
 
 def open_gguf(path: str | Path) -> GGUFReader:
@@ -67,30 +164,23 @@ class GGUFSummary:
 
 
 def summarize(path: str | Path) -> GGUFSummary:
-    reader = open_gguf(path)
-    meta: dict[str, Any] = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if key in SKIP_VALUES:
-            meta[key] = f"[{len(fld.data)} items]"
-        else:
-            meta[key] = field_value(reader, key)
-    types = Counter(t.tensor_type.name for t in reader.tensors)
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    nbytes = sum(int(t.n_bytes) for t in reader.tensors)
-    tokens_field = reader.fields.get("tokenizer.ggml.tokens")
+    header = read_header(path)
+    meta = {k: f"[{len(v)} items]" if k in SKIP_VALUES else v for k, v in header.kv.items()}
+    types = Counter(GGMLQuantizationType(t).name for _, _, t in header.tensors)
+    n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
+    nbytes = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
+    tokens = header.kv.get("tokenizer.ggml.tokens") or []
     special: dict[str, dict[str, Any]] = {}
     for key in ("bos", "eos", "eot", "padding"):
         tid = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if tid is not None and tokens_field is not None and 0 <= tid < len(tokens_field.data):
-            special[key] = {"id": tid, "text": tokens_field.contents(tid)}
+        if tid is not None and 0 <= tid < len(tokens):
+            special[key] = {"id": tid, "text": tokens[tid]}
     return GGUFSummary(
         Path(path),
         Path(path).stat().st_size,
         meta,
         dict(types.most_common()),
-        len(reader.tensors),
+        len(header.tensors),
         n_params,
         nbytes,
         special,

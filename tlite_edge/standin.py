@@ -171,6 +171,10 @@ def write_standin(
             "eos_token_id": 128009,
         },
     )
+    (out / "README.md").write_text(
+        "---\nlanguage:\n- ru\nlicense: other\n---\n\nRandom weights, shaped like T-lite-instruct-0.1.\n",
+        encoding="utf-8",
+    )
     # Upstream quirk: generation_config names <|end_of_text|>, not the end of turn.
     _write_json(out / "generation_config.json", {"bos_token_id": 128000, "eos_token_id": 128001})
     shutil.copyfile(llama3_tokenizer_json(), out / "tokenizer.json")

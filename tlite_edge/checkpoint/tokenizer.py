@@ -17,11 +17,17 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Several stages are joined with " + ", in order. SmolLM/SmolLM2: each digit alone, then GPT-2's split
+# (llama.cpp's "smollm": "\\p{N}", then the GPT-2 regex).
 PRE_TOKENIZERS: dict[str, str] = {
     LLAMA3_SPLIT: "llama-bpe",
     "<ByteLevel use_regex>": "gpt-2",
+    "<Digits individual_digits> + <ByteLevel use_regex>": "smollm",
 }
-END_OF_TURN_TOKENS = ("<|eot_id|>",)
+# Pre-tokenizers of model families that are always trained with BOS at the start.
+ALWAYS_BOS = frozenset({"llama-bpe"})
+# End-of-turn tokens, first found wins: Llama-3, ChatML.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Vocab:
     pad_id: int | None
     chat_template: str | None
     fixes: list[str] = field(default_factory=list)
+    add_bos: bool = True
 
     def id_of(self, text: str) -> int | None:
         try:
@@ -55,16 +62,24 @@ def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
     for stage in stages:
         if not isinstance(stage, dict):
             continue
-        if stage.get("type") == "Split":
+        kind = stage.get("type")
+        if kind == "Split":
             pattern = stage.get("pattern", {})
             patterns.append(pattern.get("Regex") if isinstance(pattern, dict) else None)
-        elif stage.get("type") == "ByteLevel" and stage.get("use_regex", True):
-            patterns.append("<ByteLevel use_regex>")
-    if len(patterns) == 1 and patterns[0] in PRE_TOKENIZERS:
-        return PRE_TOKENIZERS[patterns[0]]
-    shown = patterns[0] if patterns else pre.get("type")
+        elif kind == "ByteLevel":
+            if stage.get("use_regex", True):
+                patterns.append("<ByteLevel use_regex>")
+        elif kind == "Digits":
+            patterns.append("<Digits individual_digits>" if stage.get("individual_digits") else "<Digits>")
+        else:
+            patterns.append(f"<{kind}>")
+    key = " + ".join(map(str, patterns))
+    if key in PRE_TOKENIZERS:
+        return PRE_TOKENIZERS[key]
     raise TliteError(
-        path, f"unknown pre-tokenizer {str(shown)[:80]!r}; supported: Llama-3 (llama-bpe), GPT-2"
+        path,
+        f"unknown pre-tokenizer {(key or str(pre.get('type')))[:80]!r}; "
+        "supported: Llama-3 (llama-bpe), GPT-2, SmolLM",
     )
 
 
@@ -120,6 +135,12 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
 
     vocab = Vocab(path, pre, tokens, types, merges, None, -1, None, None, _chat_template(folder, tcfg))
     vocab.bos_id = vocab.id_of(_token_text(tcfg.get("bos_token")) or "<|begin_of_text|>")
+    # Llama-3 models expect BOS once at the start whatever tokenizer_config says (T-lite's tokenizer.json
+    # has no BOS post-processor); other families follow an explicit add_bos_token, else get BOS.
+    declared = tcfg.get("add_bos_token")
+    vocab.add_bos = pre in ALWAYS_BOS or declared is not False
+    if pre in ALWAYS_BOS and declared is False:
+        vocab.fixes.append("add_bos_token false -> true (Llama-3 expects <|begin_of_text|> once)")
     declared_eos = vocab.id_of(_token_text(tcfg.get("eos_token")) or "")
     eot = next((i for t in END_OF_TURN_TOKENS if (i := vocab.id_of(t)) is not None), None)
     vocab.eot_id = eot
@@ -136,4 +157,3 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     pad = _token_text(tcfg.get("pad_token"))
     vocab.pad_id = vocab.id_of(pad) if pad else None
     return vocab
-

@@ -98,7 +98,7 @@ def convert(
         plans = plan_tensors(cfg, ckpt, outtype)
         names = metadata.model_names(name or folder.resolve().name, sum(math.prod(p.shape) for p in plans))
         layout = GGUFLayout()
-        metadata.add_model_metadata(layout, cfg, names, OUTTYPES[outtype][1], metadata.card_license(folder))
+        metadata.add_model_metadata(layout, cfg, names, OUTTYPES[outtype][1], metadata.card_facts(folder))
         rope_freqs = metadata.rope_scaling_keys(cfg, layout)
         metadata.add_tokenizer_metadata(layout, vocab, template)
         if rope_freqs is not None:

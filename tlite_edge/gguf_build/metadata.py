@@ -51,15 +51,30 @@ def model_names(name: str, n_params: int) -> ModelNames:
     return ModelNames(name, m["base"], m["finetune"], m["version"], size_label(n_params))
 
 
-def card_license(folder: Path) -> str | None:
-    """``license:`` from the front-matter of the source's README.md, when there is one."""
+@dataclass(frozen=True)
+class CardFacts:
+    """What the source's model card front-matter says about licence and languages."""
+
+    license: str | None = None
+    languages: tuple[str, ...] = ()
+
+
+def card_facts(folder: Path) -> CardFacts:
+    """``license:`` and ``language:`` (scalar or list) from the source README.md front-matter."""
     readme = folder / "README.md"
     if not readme.is_file():
-        return None
-    text = readme.read_text(encoding="utf-8", errors="replace")
-    front = re.match(r"^---\n(.*?)\n---", text, re.S)
-    found = re.search(r"^license:\s*['\"]?([\w.\-]+)", front[1], re.M) if front else None
-    return found[1] if found else None
+        return CardFacts()
+    front = re.match(r"^---\r?\n(.*?)\r?\n---", readme.read_text(encoding="utf-8", errors="replace"), re.S)
+    if not front:
+        return CardFacts()
+    lic = re.search(r"^license:\s*['\"]?([\w.\-]+)", front[1], re.M)
+    lang = re.search(r"^language:[ \t]*(\S.*)?\n?((?:[ \t]*-[ \t]*\S+\n?)*)", front[1], re.M)
+    langs: tuple[str, ...] = ()
+    if lang:
+        inline = (lang[1] or "").strip("[] ")
+        items = [x for x in re.split(r"[,\s]+", inline) if x] + re.findall(r"-[ \t]*(\S+)", lang[2] or "")
+        langs = tuple(x.strip("'\"") for x in items)
+    return CardFacts(lic[1] if lic else None, langs)
 
 
 def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
@@ -94,7 +109,7 @@ def rope_scaling_keys(cfg: LlamaConfig, layout: GGUFLayout) -> np.ndarray | None
 
 
 def add_model_metadata(
-    layout: GGUFLayout, cfg: LlamaConfig, names: ModelNames, file_type: int, license_id: str | None
+    layout: GGUFLayout, cfg: LlamaConfig, names: ModelNames, file_type: int, card: CardFacts
 ) -> None:
     arch = "llama"
     general: list[tuple[str, VT, object]] = [
@@ -105,12 +120,13 @@ def add_model_metadata(
         ("general.finetune", VT.STRING, names.finetune),
         ("general.version", VT.STRING, names.version),
         ("general.size_label", VT.STRING, names.size_label),
-        ("general.license", VT.STRING, license_id),
+        ("general.license", VT.STRING, card.license),
     ]
     for key, vtype, value in general:
         if value is not None:
             layout.add(key, vtype, value)
-    layout.add("general.languages", VT.ARRAY, ["ru"], VT.STRING)
+    if card.languages:
+        layout.add("general.languages", VT.ARRAY, list(card.languages), VT.STRING)
     hparams = (
         ("vocab_size", VT.UINT32, cfg.vocab_size),
         ("context_length", VT.UINT32, cfg.context_length),
@@ -148,6 +164,6 @@ def add_tokenizer_metadata(layout: GGUFLayout, vocab: Vocab, chat_template: str)
             layout.add(f"tokenizer.ggml.{key}", VT.UINT32, value)
     # Raw text gets exactly one BOS from the runtime; the template writes its own BOS, which
     # llama-cpp-python and llama-server recognise so that chat prompts never get two.
-    layout.add("tokenizer.ggml.add_bos_token", VT.BOOL, vocab.bos_id is not None)
+    layout.add("tokenizer.ggml.add_bos_token", VT.BOOL, vocab.bos_id is not None and vocab.add_bos)
     layout.add("tokenizer.ggml.add_eos_token", VT.BOOL, False)
     layout.add("tokenizer.chat_template", VT.STRING, chat_template)

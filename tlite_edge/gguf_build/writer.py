@@ -21,7 +21,7 @@ GGUF_VERSION = 3
 ALIGNMENT = 32
 COPY_CHUNK = 64 * 1024 * 1024
 
-_SCALAR = {
+SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B",
     GGUFValueType.INT8: "<b",
     GGUFValueType.UINT16: "<H",
@@ -49,8 +49,8 @@ def _value(vtype: GGUFValueType, value: Any, item_type: GGUFValueType | None) ->
         head = struct.pack("<IQ", int(item_type), len(value))
         if item_type == GGUFValueType.STRING:
             return head + b"".join(_string(v) for v in value)
-        return head + np.asarray(value, dtype=np.dtype(_SCALAR[item_type])).tobytes()
-    return struct.pack(_SCALAR[vtype], value)
+        return head + np.asarray(value, dtype=np.dtype(SCALAR_FORMATS[item_type])).tobytes()
+    return struct.pack(SCALAR_FORMATS[vtype], value)
 
 
 def tensor_nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:

@@ -1,0 +1,36 @@
+"""Shared by the benchmark scripts: machine facts and replacing one section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.1f} GiB RAM, Python {platform.python_version()}"
+
+
+def stamp() -> str:
+    return f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}."
+
+
+def replace_section(md_path: Path, title: str, body: list[str]) -> None:
+    """Replace (or append) the ``## title`` section of a markdown file, with the command that made it."""
+    md = md_path.read_text(encoding="utf-8") if md_path.exists() else "# Benchmarks\n"
+    text = "\n".join([title, "", *body, "", "```sh", "python " + " ".join(sys.argv), "```", ""])
+    pattern = re.compile(re.escape(title) + r".*?(?=\n## |\Z)", re.S)
+    md = pattern.sub(lambda m: text, md) if pattern.search(md) else md.rstrip() + "\n\n" + text
+    md_path.write_text(md, encoding="utf-8")

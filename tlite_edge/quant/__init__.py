@@ -1,0 +1,1 @@
+"""Quantization: profiles as data, llama.cpp's quantizer, importance matrices."""

