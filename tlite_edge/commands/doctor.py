@@ -1,0 +1,149 @@
+"""``tlite-edge doctor [MODEL]``: what this machine offers llama.cpp and which quantization level to pick.
+
+CPU SIMD features and backends as llama.cpp reports them, physical cores, RAM (and GPU memory when
+the build offloads), and for each quantization profile whether it fits at the model's context:
+weights (bits per weight × parameters of MODEL, or T-lite's 8.03 B) + KV cache + buffers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tlite_edge.errors import TliteError
+
+GIB = 2**30
+FIT_LABELS = {(True, False): "[green]yes[/]", (False, True): "[yellow]tight[/]", (False, False): "[red]no[/]"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check this machine and pick a quantization level", description=__doc__)
+    p.add_argument("model", type=Path, nargs="?", help="GGUF file (default: size T-lite-instruct-0.1)")
+    p.add_argument("--ctx", type=int, help="context to size for (default: the model's, 8192 for T-lite)")
+    p.add_argument(
+        "--profiles", type=Path, action="append", default=[], metavar="PATH", help="extra profiles"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def diagnose(model: Path | None, ctx: int | None, extra_profiles: list[Path]) -> dict[str, Any]:
+    """Everything the report shows, as plain data."""
+    from tlite_edge.memory import ram_needed
+    from tlite_edge.quant.profiles import load_profiles
+    from tlite_edge.runtime.engine import check_model
+    from tlite_edge.runtime.fit import (
+        HEADROOM,
+        TLITE_META,
+        TLITE_PARAMS,
+        model_context,
+        profile_fits,
+        recommend,
+    )
+    from tlite_edge.runtime.hardware import probe
+
+    if ctx is not None and ctx < 1:
+        raise TliteError(None, f"--ctx must be at least 1, got {ctx}")
+    hw = probe()
+    model_info = None
+    meta, n_params = TLITE_META, TLITE_PARAMS
+    if model is not None:
+        header = check_model(model)
+        meta = {k: v for k, v in header.kv.items() if not k.startswith("tokenizer.")}
+        n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
+        weights = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
+        model_info = {
+            "path": str(model),
+            "name": meta.get("general.name"),
+            "n_params": n_params,
+            "weights_bytes": weights,
+            "bits_per_weight": round(8 * weights / max(n_params, 1), 3),
+            "context_length": model_context(meta),
+        }
+    ctx = ctx or model_context(meta)
+    gpus = hw.gpu_devices() if hw.gpu_offload else []
+    budget, kind = (gpus[0].memory_free, gpus[0].name) if gpus else (hw.ram_available, "RAM")
+    fits = profile_fits(load_profiles(extra_profiles), n_params, meta, ctx, budget)
+    if model_info is not None:
+        need = ram_needed(model_info["weights_bytes"], meta, ctx)
+        model_info.update(ram_needed=need, fits=need <= budget * HEADROOM)
+    pick = recommend(fits)
+    return {
+        "hardware": hw.as_dict(),
+        "model": model_info,
+        "ctx": ctx,
+        "memory_kind": kind,
+        "memory_available": budget,
+        "profiles": [f.as_dict() for f in fits],
+        "recommended": pick.profile if pick else None,
+    }
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    hw = report["hardware"]
+    table = Table(title="this machine (as llama.cpp sees it)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    flags = [k for k, on in hw["cpu_features"].items() if on and k not in hw["simd"]]
+    rows = {
+        "physical cores": f"{hw['physical_cores']} ({hw['logical_cpus']} logical, {hw['usable_cpus']} usable)"
+        f" → {hw['threads']} threads",
+        "RAM": f"{hw['ram_available'] / GIB:.1f} GiB available of {hw['ram_total'] / GIB:.1f} GiB",
+        "SIMD": " ".join(hw["simd"]) or "none reported",
+        "build flags": " ".join(flags) or "-",
+        "backends": ", ".join(hw["backends"]),
+        "GPU offload": "yes" if hw["gpu_offload"] else "no (CPU build)",
+    }
+    for dev in hw["devices"]:
+        rows[f"device {dev['name']}"] = (
+            f"{dev['type']} · {dev['description']} · {dev['memory_free'] / GIB:.1f} / "
+            f"{dev['memory_total'] / GIB:.1f} GiB free"
+        )
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+    model = report["model"]
+    if model:
+        console.print(
+            f"model {model['path']}: {model['n_params'] / 1e9:.2f} B weights, {model['bits_per_weight']:.2f} "
+            f"bits/weight, needs {model['ram_needed'] / GIB:.2f} GiB at {report['ctx']} ctx: "
+            + ("[green]fits[/]" if model["fits"] else "[red]does not fit[/]")
+        )
+    fits = Table(
+        "level",
+        "bits/weight",
+        "weights GiB",
+        f"GiB @ {report['ctx']} ctx",
+        f"fits {report['memory_available'] / GIB:.1f} GiB {report['memory_kind']}",
+        title="quantization levels" + ("" if model else " for T-lite-instruct-0.1 (8.03 B)"),
+    )
+    for f in report["profiles"]:
+        fits.add_row(
+            f["profile"],
+            f"{f['bits_per_weight']:.2f}",
+            f"{f['weights'] / GIB:.2f}",
+            f"{f['ram_needed'] / GIB:.2f}",
+            FIT_LABELS[(f["fits"], f["tight"])],
+        )
+    console.print(fits)
+    pick = report["recommended"]
+    console.print(
+        f"pick: [bold green]{pick}[/] (the largest level that fits with headroom)"
+        if pick
+        else "[red]no level fits[/]: free memory, or use a smaller context (--ctx)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    report = diagnose(args.model, args.ctx, args.profiles)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        render(report, Console())
+    return 0

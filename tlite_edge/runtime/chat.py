@@ -1,0 +1,286 @@
+"""A conversation on an ``Engine``: streamed replies, KV-cache reuse across turns, context overflow, stop.
+
+``Chat.send(text)`` returns a ``Reply``: iterate it for text pieces (whole UTF-8 characters), call
+``reply.stop()`` (or just stop iterating) to end it early; the history keeps what was said. Each
+turn evaluates only the prompt tokens the KV cache does not already hold (llama-cpp-python's prefix
+match); ``reply.stats`` counts them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp
+
+from tlite_edge.errors import TliteError
+
+if TYPE_CHECKING:
+    from tlite_edge.runtime.engine import Engine, Sampling
+
+RESERVE_SHARE = 4  # with max_tokens=None, keep n_ctx // 4 free for the reply (never more than half)
+# On overflow, drop turns until this share of n_ctx is free as well: the next turns then extend the
+# cached prefix instead of re-evaluating a shifted window every time.
+SLACK_SHARE = 4
+
+
+@dataclass
+class Message:
+    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse)."""
+
+    role: str
+    content: str
+    tokens: list[int] | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class ReplyStats:
+    prompt_tokens: int = 0  # the whole prompt of this turn
+    evaluated_tokens: int = 0  # prompt tokens actually evaluated (the rest came from the KV cache)
+    generated_tokens: int = 0  # reply tokens, the end-of-turn token not counted
+    prompt_seconds: float = 0.0  # llama.cpp's time evaluating the prompt
+    generation_seconds: float = 0.0  # first to last token
+    time_to_first_token: float = 0.0  # from send() to the first sampled token
+    finish_reason: str = ""  # "stop" (end of turn), "length", "stopped"; "" while running
+    dropped_messages: int = 0  # oldest messages left out to fit the context
+    notices: list[str] = field(default_factory=list)
+    _decodes: int = field(default=0, repr=False)  # tokens sampled after the first (one decode each)
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.evaluated_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        return self._decodes / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        out.update(
+            prompt_tokens_per_s=round(self.prompt_tokens_per_s, 2),
+            generation_tokens_per_s=round(self.generation_tokens_per_s, 2),
+        )
+        return out
+
+
+class Utf8Stream:
+    """Token bytes in, whole characters out: a Cyrillic letter split over two tokens comes out once."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a character is half-way (its first bytes fed, not yet output)."""
+        return bool(self._decoder.getstate()[0])
+
+    def flush(self) -> str:
+        """What is left at the end (an incomplete character becomes U+FFFD)."""
+        return self._decoder.decode(b"", final=True)
+
+
+class Reply:
+    """A streamed assistant reply. Iterate for text pieces; ``stop()`` ends it after the current piece."""
+
+    def __init__(self, chat: Chat, prompt: list[int], max_tokens: int, sampling: Sampling, t0: float):
+        self.chat = chat
+        self.prompt = prompt
+        self.sampling = sampling
+        self.max_tokens = max_tokens
+        self.message = Message("assistant", "", [])
+        self.stats = ReplyStats(prompt_tokens=len(prompt))
+        self._t0 = t0
+        self._stop = False
+        self._gen = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    @property
+    def text(self) -> str:
+        return self.message.content
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stats.finish_reason)
+
+    def stop(self) -> None:
+        """Ask the reply to end; safe from another thread or a signal handler."""
+        self._stop = True
+
+    def close(self) -> None:
+        """End now (a consumer that stopped iterating); the partial reply stays in the history."""
+        self._gen.close()
+        self.stats.finish_reason = self.stats.finish_reason or "stopped"
+
+    def result(self) -> str:
+        """Run to the end and return the whole text."""
+        for _ in self:
+            pass
+        return self.text
+
+    def _run(self) -> Iterator[str]:
+        engine, s, stats, msg = self.chat.engine, self.sampling, self.stats, self.message
+        llm = engine.llm
+        llm.set_seed(s.seed if s.seed is not None else engine.settings.seed)
+        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+        tokens = llm.generate(
+            self.prompt,
+            temp=s.temp,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repeat_penalty=s.repeat_penalty,
+            reset=True,  # with a filled cache this is llama-cpp-python's prefix match, not a reset
+        )
+        utf8 = Utf8Stream()
+        t_first = 0.0
+        try:
+            for token in tokens:
+                now = time.perf_counter()
+                if not t_first:
+                    t_first = now
+                    self._read_prompt_perf(now)
+                else:
+                    stats._decodes += 1
+                    stats.generation_seconds = now - t_first
+                if engine.is_eog(token):
+                    stats.finish_reason = "stop"
+                    break
+                msg.tokens.append(token)  # type: ignore[union-attr]
+                stats.generated_tokens += 1
+                piece = utf8.feed(engine.token_bytes(token))
+                msg.content += piece
+                if piece:
+                    yield piece
+                if self._stop and not utf8.pending:  # never stop inside a character
+                    stats.finish_reason = "stopped"
+                    break
+                if stats.generated_tokens >= self.max_tokens:
+                    stats.finish_reason = "length"
+                    break
+            else:
+                stats.finish_reason = "length"
+            tail = utf8.flush()
+            msg.content += tail
+            if tail:
+                yield tail
+        finally:
+            if not stats.finish_reason:  # closed by the consumer
+                stats.finish_reason = "stopped"
+                msg.content += utf8.flush()
+            tokens.close()
+
+    def _read_prompt_perf(self, now: float) -> None:
+        """Prompt tokens llama.cpp evaluated for this turn (perf counters were reset at its start)."""
+        perf = llama_cpp.llama_perf_context(self.chat.engine.llm._ctx.ctx)
+        # llama.cpp reports a count of 0 as 1; a zero time tells the two apart.
+        batched = perf.n_p_eval if perf.t_p_eval_ms > 0 else 0
+        single = perf.n_eval if perf.t_eval_ms > 0 else 0
+        self.stats.evaluated_tokens = batched + single
+        self.stats.prompt_seconds = (perf.t_p_eval_ms + perf.t_eval_ms) / 1000
+        self.stats.time_to_first_token = now - self._t0
+
+
+class Chat:
+    """One conversation: a system message, the turns, and the window of them that fits the context."""
+
+    def __init__(self, engine: Engine, system: str | None = None, sampling: Sampling | None = None):
+        self.engine = engine
+        self.sampling = sampling or engine.sampling
+        self.messages: list[Message] = [Message("system", system)] if system else []
+        self.start = len(self.messages)  # first message still in the model's window (after system)
+        self.reply: Reply | None = None
+
+    @classmethod
+    def from_messages(
+        cls, engine: Engine, messages: list[dict[str, str]], sampling: Sampling | None = None
+    ) -> Chat:
+        """A chat that continues an existing transcript (e.g. a server's request minus its last turn)."""
+        msgs = [Message(m["role"], m["content"]) for m in messages]
+        system = msgs[0].content if msgs and msgs[0].role == "system" else None
+        chat = cls(engine, system=system, sampling=sampling)
+        chat.messages += msgs[1:] if system is not None else msgs
+        return chat
+
+    @property
+    def system(self) -> Message | None:
+        return self.messages[0] if self.messages and self.messages[0].role == "system" else None
+
+    def window(self) -> list[Message]:
+        """What the model sees: the system message and the turns not dropped for length."""
+        head = [self.system] if self.system else []
+        return head + self.messages[self.start :]
+
+    def prompt_for(self, text: str) -> list[int]:
+        """The prompt ids the next ``send(text)`` would evaluate (before any overflow handling)."""
+        return self.engine.prompt_tokens([*self.window(), Message("user", text)])
+
+    def send(self, text: str, **sampling: Any) -> Reply:
+        """Add a user turn and start the reply; ``sampling`` overrides fields of ``Sampling``."""
+        t0 = time.perf_counter()
+        active = self.engine.active
+        if active is not None and not active.done:  # one generation at a time per llama.cpp context
+            active.close()
+        s = self.sampling.with_(**sampling)
+        n_ctx = self.engine.n_ctx
+        reserve = min(s.max_tokens or n_ctx // RESERVE_SHARE, n_ctx // 2)
+        user = Message("user", text)
+        start, prompt = self._fit(user, reserve)
+        dropped = start - self.start
+        limit = min(s.max_tokens or n_ctx, n_ctx - len(prompt))
+        self.start = start
+        self.messages.append(user)
+        reply = Reply(self, prompt, limit, s, t0)
+        self.messages.append(reply.message)
+        reply.stats.dropped_messages = dropped
+        if dropped:
+            reply.stats.notices.append(
+                f"context full ({n_ctx} tokens): left out the {dropped} oldest messages"
+                + (", the system message kept" if self.system else "")
+            )
+        if s.max_tokens and limit < s.max_tokens:
+            reply.stats.notices.append(f"reply limited to {limit} tokens by the context ({n_ctx})")
+        self.reply = self.engine.active = reply
+        return reply
+
+    def _fit(self, user: Message, reserve: int) -> tuple[int, list[int]]:
+        """First kept message and the prompt, oldest turns dropped until ``reserve`` tokens stay free."""
+        n_ctx, head = self.engine.n_ctx, [self.system] if self.system else []
+        start = self.start
+        prompt = self.engine.prompt_tokens([*head, *self.messages[start:], user])
+        slack = n_ctx // SLACK_SHARE if len(prompt) + reserve > n_ctx else 0
+        while len(prompt) + reserve + slack > n_ctx and start < len(self.messages):
+            start = self._next_turn(start)
+            prompt = self.engine.prompt_tokens([*head, *self.messages[start:], user])
+        if len(prompt) >= n_ctx:
+            raise TliteError(
+                None, f"message too long: the prompt is {len(prompt)} tokens, the context {n_ctx}"
+            )
+        return start, prompt
+
+    def _next_turn(self, start: int) -> int:
+        """Index of the next user message after ``start`` (drops a whole user+assistant turn)."""
+        i = start + 1
+        while i < len(self.messages) and self.messages[i].role != "user":
+            i += 1
+        return i
+
+    def reset(self) -> None:
+        """Forget the turns, keep the system message."""
+        if self.reply is not None and not self.reply.done:
+            self.reply.close()
+        self.messages = [self.system] if self.system else []
+        self.start = len(self.messages)

@@ -1,0 +1,319 @@
+"""Load a GGUF into llama.cpp with settings that suit the machine, and build safe chat prompts.
+
+``Engine.load`` checks the file first (one clear line for a foreign, truncated or non-Llama file),
+uses physical cores, the model's own context (reduced only when memory is short), full GPU offload
+when the build has it, and mmap. Prompts come from the GGUF's own chat template, but message
+contents are tokenized as plain text: typing ``<|eot_id|>`` cannot end a turn.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from tlite_edge.errors import TliteError
+from tlite_edge.gguf_info import GGUFHeader, read_header
+from tlite_edge.memory import ram_needed
+from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, recommend
+from tlite_edge.runtime.hardware import Hardware, probe
+
+if TYPE_CHECKING:
+    from tlite_edge.runtime.chat import Chat, Message, Reply
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+# Sampling field -> GGUF key (llama.cpp's general.sampling.* defaults written by model authors).
+GGUF_SAMPLING_KEYS = {
+    "temp": "general.sampling.temp",
+    "top_p": "general.sampling.top_p",
+    "top_k": "general.sampling.top_k",
+    "min_p": "general.sampling.min_p",
+    "repeat_penalty": "general.sampling.penalty_repeat",
+}
+GIB = 2**30
+# How the template may transform a message's content before printing it (Llama-3: ``| trim``).
+CONTENT_TRANSFORMS: tuple[Callable[[str], str], ...] = (lambda s: s, str.strip)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed."""
+
+    temp: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int | None = 1024
+    seed: int | None = None
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> Sampling:
+        """Our defaults, replaced by the GGUF's ``general.sampling.*`` values where present."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        found = {k: meta[key] for k, key in GGUF_SAMPLING_KEYS.items() if meta.get(key) is not None}
+        return cls(**{k: (int(v) if kinds[k] == "int" else float(v)) for k, v in found.items()})
+
+    def with_(self, **changes: Any) -> Sampling:
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EngineSettings:
+    """What ``Engine.load`` chose, and why (``warnings``)."""
+
+    path: str
+    architecture: str
+    n_ctx: int
+    n_ctx_train: int
+    threads: int
+    gpu_layers: int
+    mmap: bool
+    seed: int
+    model_bytes: int
+    n_params: int
+    memory_available: int
+    memory_kind: str  # "RAM" or the GPU device the weights go to
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_model(path: str | Path) -> GGUFHeader:
+    """The GGUF header, or one line: not a GGUF, damaged/truncated, or not a supported architecture."""
+    header = read_header(path)
+    arch = header.kv.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise TliteError(path, f"architecture {arch!r} is not supported (supported: llama)")
+    if f"{arch}.block_count" not in header.kv or not header.tensors:
+        raise TliteError(path, "no model in this GGUF (vocabulary or metadata only)")
+    return header
+
+
+def _gpu_layers(gpu: bool | int | None, hw: Hardware, warnings: list[str]) -> int:
+    if gpu is None:
+        return -1 if hw.gpu_offload else 0
+    if gpu is False or gpu == 0:
+        return 0
+    if not hw.gpu_offload:
+        warnings.append("GPU offload asked for, but this llama.cpp build has no GPU backend: running on CPU")
+        return 0
+    return -1 if gpu is True else int(gpu)
+
+
+def _memory_budget(hw: Hardware, gpu_layers: int) -> tuple[int, str]:
+    gpus = hw.gpu_devices()
+    if gpu_layers != 0 and gpus and gpus[0].memory_free:
+        return gpus[0].memory_free, gpus[0].name
+    return hw.ram_available, "RAM"
+
+
+def _size_warning(header: GGUFHeader, weights: int, n_params: int, ctx: int, budget: int, kind: str) -> str:
+    need = ram_needed(weights, header.kv, ctx)
+    msg = (
+        f"the model needs ~{need / GIB:.2f} GiB at {ctx} context but only {budget / GIB:.2f} GiB of "
+        f"{kind} is free: expect swapping and slow generation"
+    )
+    from tlite_edge.quant.profiles import load_profiles
+
+    bpw = 8 * weights / max(n_params, 1)
+    smaller = [
+        f for f in profile_fits(load_profiles(), n_params, header.kv, ctx, budget) if f.bits_per_weight < bpw
+    ]
+    pick = recommend(smaller)
+    if pick is not None:
+        msg += (
+            f"; a smaller level fits: {pick.profile} (tlite-edge quantize MODEL-BF16.gguf -q {pick.profile})"
+        )
+    return msg
+
+
+class Engine:
+    """One llama.cpp model and context. Not thread-safe: one reply at a time per engine."""
+
+    def __init__(self, llm: llama_cpp.Llama, settings: EngineSettings, meta: dict[str, Any], hw: Hardware):
+        self.llm = llm
+        self.settings = settings
+        self.meta = meta
+        self.hardware = hw
+        self.sampling = Sampling.from_metadata(meta)
+        self.active: Reply | None = None  # the reply generating on this context (Chat.send closes it)
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.formatter = Jinja2ChatFormatter(
+            template=meta["tokenizer.chat_template"],
+            eos_token=self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab))),
+            bos_token=self.token_text(self.bos),
+            add_generation_prompt=True,
+        )
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.settings.warnings
+
+    @property
+    def n_ctx(self) -> int:
+        return self.settings.n_ctx
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        ctx: int | None = None,
+        threads: int | None = None,
+        gpu: bool | int | None = None,
+        seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
+        verbose: bool = False,
+        hardware: Hardware | None = None,
+    ) -> Engine:
+        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers."""
+        header = check_model(path)
+        meta = {k: v for k, v in header.kv.items() if not k.startswith("tokenizer.ggml.")}
+        meta["tokenizer.chat_template"] = header.kv.get("tokenizer.chat_template")
+        if not meta["tokenizer.chat_template"]:
+            raise TliteError(path, "the GGUF has no chat template (tokenizer.chat_template)")
+        hw = hardware or probe()
+        warnings: list[str] = []
+        weights = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
+        n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
+        gpu_layers = _gpu_layers(gpu, hw, warnings)
+        budget, kind = _memory_budget(hw, gpu_layers)
+        train_ctx = model_context(meta)
+        if ctx is None:
+            ctx = context_for_memory(weights, meta, train_ctx, budget) if budget else train_ctx
+            if ctx < train_ctx:
+                warnings.append(
+                    f"context reduced to {ctx} tokens (the model's is {train_ctx}): "
+                    f"{budget / GIB:.1f} GiB of {kind} free"
+                )
+        if budget and ram_needed(weights, meta, ctx) > budget:
+            warnings.append(_size_warning(header, weights, n_params, ctx, budget, kind))
+        threads = threads or hw.threads
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=gpu_layers,
+                use_mmap=True,
+                seed=seed,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise TliteError(path, f"llama.cpp could not load the model ({exc})") from None
+        settings = EngineSettings(
+            path=str(path),
+            architecture=str(meta["general.architecture"]),
+            n_ctx=llm.n_ctx(),
+            n_ctx_train=train_ctx,
+            threads=threads,
+            gpu_layers=gpu_layers,
+            mmap=True,
+            seed=seed,
+            model_bytes=weights,
+            n_params=n_params,
+            memory_available=budget,
+            memory_kind=kind,
+            warnings=warnings,
+        )
+        return cls(llm, settings, meta, hw)
+
+    def chat(self, system: str | None = None, sampling: Sampling | None = None) -> Chat:
+        """A new conversation on this engine (conversations share the KV cache by prefix)."""
+        from tlite_edge.runtime.chat import Chat
+
+        return Chat(self, system=system, sampling=sampling)
+
+    def close(self) -> None:
+        self.llm.close()
+
+    # ---- tokens --------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        """Text -> ids, never adding BOS; ``special=False`` keeps ``<|eot_id|>`` as plain characters."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of a token (a byte-level token may be half of a UTF-8 character)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def is_control(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_get_attr(self.vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+
+    # ---- prompts -------------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt text the GGUF's template makes (as llama-cpp-python renders it)."""
+        return self.formatter(messages=list(messages)).prompt
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        """Prompt ids: template markers as control tokens, message contents as plain text, BOS once.
+
+        The template is rendered with a sentinel in place of each content; the pieces between
+        sentinels are tokenized with special tokens parsed, the contents without. Assistant
+        messages that carry their generated ids reuse them while the content still matches them (so
+        the KV cache matches exactly).
+        """
+        nonce = secrets.token_hex(4)
+        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
+        plain = self.render([{"role": m.role, "content": m.content} for m in messages])
+        marked = self.render([{"role": m.role, "content": s} for m, s in zip(messages, marks, strict=True)])
+        parts = marked.split("\ue000")
+        pieces: list[tuple[str, int | None]] = [(parts[0], None)]
+        for part in parts[1:]:
+            head, _, rest = part.partition("\ue001")
+            pieces += [("", int(head.split(":")[1])), (rest, None)]
+        transform = next(
+            (t for t in CONTENT_TRANSFORMS if _assemble(pieces, messages, t) == plain), CONTENT_TRANSFORMS[0]
+        )
+        ids: list[int] = []
+        for text, index in pieces:
+            if index is None:
+                ids += self.tokenize(text, special=True)
+                continue
+            msg = messages[index]
+            content = transform(msg.content)
+            if msg.tokens is not None and content == msg.content == self.detokenize(msg.tokens):
+                ids += msg.tokens
+            else:
+                ids += self.tokenize(content, special=False)
+        if self.add_bos and (not ids or ids[0] != self.bos):
+            ids.insert(0, self.bos)
+        while ids[1:2] == [self.bos] and ids[0] == self.bos:
+            ids.pop(0)
+        return ids
+
+
+def _assemble(
+    pieces: list[tuple[str, int | None]], messages: Sequence[Message], t: Callable[[str], str]
+) -> str:
+    return "".join(text if i is None else t(messages[i].content) for text, i in pieces)
