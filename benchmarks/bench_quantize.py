@@ -67,6 +67,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--imatrix", type=Path, help="imatrix for levels that require one")
     ap.add_argument("--update-md", type=Path)
+    ap.add_argument("--section", default=SECTION, help="markdown section title for the levels table")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, float] = {}
@@ -118,7 +119,7 @@ def write_md(args: argparse.Namespace, result: dict) -> None:
             "|---|---|---|",
         ]
         body += [f"| {k} | {result['levels'][k]:.1f} | {result['levels'][k + ' GiB']:.2f} |" for k in levels]
-        replace_section(args.update_md, SECTION, body)
+        replace_section(args.update_md, args.section, body)
     if o := result.get("overhead"):
         body = [
             when,
