@@ -22,7 +22,8 @@ BARE = r"""
 import ctypes, sys, llama_cpp
 p = llama_cpp.llama_model_quantize_default_params()
 p.nthread = int(sys.argv[4]); p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + sys.argv[3])
-llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *a: None), ctypes.c_void_p(0))
+quiet = llama_cpp.llama_log_callback(lambda *a: None)  # keep a reference: llama.cpp calls it
+llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
 sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
 """
 SECTION = "## Quantize: 8B-shaped BF16 GGUF → levels"
@@ -70,6 +71,9 @@ def main() -> int:
     ap.add_argument("--section", default=SECTION, help="markdown section title for the levels table")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"overhead": overhead(args)} if args.overhead else {}
+    if args.update_md and result:
+        write_md(args, result)
     rows: dict[str, float] = {}
     for level in filter(None, args.levels.split(",")):
         needs = level.upper().startswith("IQ2")
@@ -78,12 +82,10 @@ def main() -> int:
         print(f"{level}: {rows[level]:.1f} s, {size:.2f} GiB", flush=True)
         rows[level + " GiB"] = size
         cleanup(args.work)
-    result: dict = {"levels": rows}
-    if args.overhead:
-        result["overhead"] = overhead(args)
+        if args.update_md:  # after every level, so a long run that is cut short still reports
+            write_md(args, {"levels": rows})
+    result["levels"] = rows
     print(json.dumps(result))
-    if args.update_md:
-        write_md(args, result)
     return 0
 
 
@@ -110,7 +112,7 @@ def overhead(args: argparse.Namespace) -> dict:
 
 def write_md(args: argparse.Namespace, result: dict) -> None:
     when = f"{stamp()} {args.threads} threads."
-    levels = [k for k in result["levels"] if not k.endswith(" GiB")]
+    levels = [k for k in result.get("levels", {}) if not k.endswith(" GiB")]
     if levels:
         body = [
             f"{when} Input: the BF16 GGUF converted from the 8B-shaped random checkpoint.",

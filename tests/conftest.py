@@ -37,6 +37,28 @@ def f32_gguf(standin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return _convert(standin_dir, tmp_path_factory, "f32")
 
 
+EOT, END_OF_TEXT, DOUBLE_NEWLINE = 128009, 128001, 271
+
+
+def make_rigged(factory: pytest.TempPathFactory, reply_text: str, seed: int) -> tuple[Path, list[int]]:
+    """A stand-in BF16 GGUF whose greedy reply after the assistant header is ``reply_text`` then
+    <|eot_id|>. Past <|eot_id|> the chain goes on to more text and <|end_of_text|>: a runtime that
+    ignored the end of turn would print it."""
+    from tokenizers import Tokenizer
+
+    from tlite_edge.standin import llama3_tokenizer_json
+
+    tok = Tokenizer.from_file(str(llama3_tokenizer_json()))
+    reply = tok.encode(reply_text, add_special_tokens=False).ids
+    extra = tok.encode(" лишний текст", add_special_tokens=False).ids
+    chain = [DOUBLE_NEWLINE, *reply, EOT, *extra, END_OF_TEXT]
+    assert len(set(chain)) == len(chain)
+    folder = write_standin(factory.mktemp(f"rigged{seed}") / STANDIN_NAME, chain=chain, seed=seed)
+    return convert(
+        folder, name=STANDIN_NAME, outtype="bf16", out_dir=factory.mktemp(f"rigged{seed}-gguf")
+    ).path, reply
+
+
 def llama_cpp_logits(gguf: Path, ids: list[int], n_ctx: int = 128) -> np.ndarray:
     """Per-position logits [len(ids), vocab] from llama.cpp: one batch, F32 KV cache, no flash attention."""
     import llama_cpp

@@ -10,17 +10,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from conftest import STANDIN_NAME, run_cli
-from tokenizers import Tokenizer
+from conftest import make_rigged, run_cli
 
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_build.convert import convert
 from tlite_edge.runtime import Chat, Engine, Message, Sampling
 from tlite_edge.runtime.chat import Utf8Stream
 from tlite_edge.runtime.hardware import parse_meminfo, parse_system_info, probe
-from tlite_edge.standin import llama3_tokenizer_json, write_standin
 
-EOT, END_OF_TEXT, DOUBLE_NEWLINE = 128009, 128001, 271
 # "Ё" is two byte-level tokens (0xD0, 0x81), " Ъ" is " \xd0" + "\xaa": both split a Cyrillic letter.
 REPLY = "Ёлка, Ъ!"
 SYSTEM = "Ты — полезный ассистент."
@@ -28,15 +24,8 @@ SYSTEM = "Ты — полезный ассистент."
 
 @pytest.fixture(scope="module")
 def rigged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
-    """A stand-in whose greedy reply after any assistant header is REPLY then <|eot_id|>."""
-    tok = Tokenizer.from_file(str(llama3_tokenizer_json()))
-    reply = tok.encode(REPLY, add_special_tokens=False).ids
-    extra = tok.encode(" лишний текст", add_special_tokens=False).ids
-    chain = [DOUBLE_NEWLINE, *reply, EOT, *extra, END_OF_TEXT]
-    assert len(set(chain)) == len(chain)
-    folder = write_standin(tmp_path_factory.mktemp("rt-rigged") / STANDIN_NAME, chain=chain, seed=2)
-    out = convert(folder, name=STANDIN_NAME, outtype="bf16", out_dir=tmp_path_factory.mktemp("rt-gguf"))
-    return out.path, reply
+    """A stand-in whose greedy reply after the assistant header is REPLY then <|eot_id|>."""
+    return make_rigged(tmp_path_factory, REPLY, seed=2)
 
 
 def load(path: Path, ctx: int = 512) -> Engine:

@@ -6,29 +6,15 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
-from conftest import STANDIN_NAME
-from tokenizers import Tokenizer
+from conftest import EOT, make_rigged
 
-from tlite_edge.gguf_build.convert import convert
-from tlite_edge.standin import llama3_tokenizer_json, write_standin
-
-EOT, END_OF_TEXT, DOUBLE_NEWLINE = 128009, 128001, 271
 REPLY = "Привет, мир!"
 
 
 @pytest.fixture(scope="module")
 def rigged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
     """A stand-in whose greedy reply after the assistant header is REPLY then <|eot_id|>."""
-    tok = Tokenizer.from_file(str(llama3_tokenizer_json()))
-    reply = tok.encode(REPLY, add_special_tokens=False).ids
-    extra = tok.encode(" лишний текст", add_special_tokens=False).ids
-    # Past <|eot_id|> the chain would go on to <|end_of_text|> and more text: a runtime that ignored
-    # the end of turn would print it.
-    chain = [DOUBLE_NEWLINE, *reply, EOT, *extra, END_OF_TEXT]
-    assert len(set(chain)) == len(chain)
-    folder = write_standin(tmp_path_factory.mktemp("rigged") / STANDIN_NAME, chain=chain, seed=1)
-    out = convert(folder, name=STANDIN_NAME, outtype="bf16", out_dir=tmp_path_factory.mktemp("rigged-gguf"))
-    return out.path, reply
+    return make_rigged(tmp_path_factory, REPLY, seed=1)
 
 
 def test_chat_completion_stops_at_eot(rigged: tuple[Path, list[int]]) -> None:
