@@ -1,7 +1,7 @@
 """Quantization benchmark: wall time per level with ``tlite-edge quantize``, and its overhead over a bare
-``llama_model_quantize`` call on the same file, same threads, in the same run (alternating order).
+``llama_model_quantize`` call on the same file, same threads, back to back in the same run.
 
-    python benchmarks/bench_quantize.py --model bench-data/T-lite-8b-random-BF16.gguf --work bench-data/quant \
+    python benchmarks/bench_quantize.py --model bench-data/T-lite-8b-random-BF16.gguf --work bench-data/q \
         --levels Q4_K_M,Q8_0 --overhead Q4_K_M --threads 2 --update-md BENCHMARKS.md
 """
 
