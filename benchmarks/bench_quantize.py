@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -30,10 +31,29 @@ SECTION = "## Quantize: 8B-shaped BF16 GGUF → levels"
 OVERHEAD_SECTION = "## Quantize: overhead over a bare llama_model_quantize call"
 
 
-def timed(cmd: list[str]) -> float:
+def evict(path: Path) -> None:
+    """Drop ``path`` from the page cache, so every timed run reads its input cold."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+CPU_SECONDS: list[float] = []  # user + system CPU of each timed child, in order
+
+
+def timed(cmd: list[str], model: Path | None = None) -> float:
+    """Wall seconds of ``cmd``; its CPU seconds are appended to CPU_SECONDS."""
+    if model is not None:
+        evict(model)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall
 
 
 def ours(model: Path, level: str, out_dir: Path, threads: int, imatrix: Path | None) -> list[str]:
@@ -68,6 +88,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--imatrix", type=Path, help="imatrix for levels that require one")
     ap.add_argument("--update-md", type=Path)
+    ap.add_argument("--keep", action="store_true", help="keep the quantized files of --levels")
     ap.add_argument("--section", default=SECTION, help="markdown section title for the levels table")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -77,11 +98,13 @@ def main() -> int:
     rows: dict[str, float] = {}
     for level in filter(None, args.levels.split(",")):
         needs = level.upper().startswith("IQ2")
-        rows[level] = timed(ours(args.model, level, args.work, args.threads, args.imatrix if needs else None))
+        cmd = ours(args.model, level, args.work, args.threads, args.imatrix if needs else None)
+        rows[level] = timed(cmd, args.model)
         size = next(args.work.glob(f"*-{level}.gguf")).stat().st_size / 2**30
         print(f"{level}: {rows[level]:.1f} s, {size:.2f} GiB", flush=True)
         rows[level + " GiB"] = size
-        cleanup(args.work)
+        if not args.keep:
+            cleanup(args.work)
         if args.update_md:  # after every level, so a long run that is cut short still reports
             write_md(args, {"levels": rows})
     result["levels"] = rows
@@ -90,7 +113,8 @@ def main() -> int:
 
 
 def overhead(args: argparse.Namespace) -> dict:
-    """Bare call then ours, same level and threads, outputs removed between runs."""
+    """Bare and ours in ABBA order (drift cancels), same level and threads, input read cold each time,
+    outputs removed between runs; the ratio of the means."""
     lvl = args.overhead
     bare_cmd = [
         sys.executable,
@@ -101,13 +125,27 @@ def overhead(args: argparse.Namespace) -> dict:
         f"MOSTLY_{lvl}",
         str(args.threads),
     ]
-    bare_t = timed(bare_cmd)
-    cleanup(args.work)
-    ours_t = timed(ours(args.model, lvl, args.work, args.threads, None))
-    cleanup(args.work)
+    runs: dict[str, list[float]] = {"bare": [], "ours": []}
+    cpu: dict[str, list[float]] = {"bare": [], "ours": []}
+    for kind in ("bare", "ours", "ours", "bare"):
+        cmd = bare_cmd if kind == "bare" else ours(args.model, lvl, args.work, args.threads, None)
+        runs[kind].append(timed(cmd, args.model))
+        cpu[kind].append(CPU_SECONDS[-1])
+        cleanup(args.work)
+        print(f"{kind}: {runs[kind][-1]:.1f} s wall, {cpu[kind][-1]:.1f} s CPU", flush=True)
+    bare_t, ours_t = (sum(runs[k]) / len(runs[k]) for k in ("bare", "ours"))
+    bare_c, ours_c = (sum(cpu[k]) / len(cpu[k]) for k in ("bare", "ours"))
     ratio = ours_t / bare_t
     print(f"overhead {lvl}: ours {ours_t:.1f} s / bare {bare_t:.1f} s = {ratio:.3f}x")
-    return {"level": lvl, "ours_s": ours_t, "bare_s": bare_t, "ratio": ratio}
+    return {
+        "level": lvl,
+        "ours_s": ours_t,
+        "bare_s": bare_t,
+        "ratio": ratio,
+        "runs": runs,
+        "cpu_ratio": ours_c / bare_c,
+        "cpu": cpu,
+    }
 
 
 def write_md(args: argparse.Namespace, result: dict) -> None:
@@ -127,8 +165,13 @@ def write_md(args: argparse.Namespace, result: dict) -> None:
             when,
             "",
             f"`tlite-edge quantize` {o['ours_s']:.1f} s vs a bare `llama_model_quantize` call "
-            f"{o['bare_s']:.1f} s at {o['level']} = **{o['ratio']:.3f}×** (target ≤ 1.02×; ours also fsyncs, "
-            "renames atomically and writes the sha256).",
+            f"{o['bare_s']:.1f} s at {o['level']} = **{o['ratio']:.3f}×** (target ≤ 1.02×; mean of two runs "
+            f"each in ABBA order, input evicted from the page cache before every run; runs: bare "
+            f"{', '.join(f'{t:.1f}' for t in o['runs']['bare'])} s, ours "
+            f"{', '.join(f'{t:.1f}' for t in o['runs']['ours'])} s). Ours also fsyncs, renames atomically "
+            "and writes the sha256 (hashed from the page cache while the flush runs). CPU time (user + "
+            f"system) ours {sum(o['cpu']['ours']) / 2:.1f} s vs bare {sum(o['cpu']['bare']) / 2:.1f} s = "
+            f"{o['cpu_ratio']:.3f}× (robust to other load on the machine).",
         ]
         replace_section(args.update_md, OVERHEAD_SECTION, body)
 

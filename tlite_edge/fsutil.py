@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,11 +80,25 @@ def _fsync_dir(folder: Path) -> None:
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in bounded chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+        return sha256_stream(fh, chunk)
+
+
+def sha256_stream(fh: BinaryIO, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of an open binary file from its current position to the end."""
+    digest = hashlib.sha256()
+    while block := fh.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def hash_and_publish(tmp: Path, target: Path) -> str:
+    """sha256 ``tmp`` while it is fsynced and renamed to ``target`` (the hash reads the page cache on a
+    second thread, overlapping the disk flush); return the hex digest."""
+    with open(tmp, "rb") as fh, ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(sha256_stream, fh)
+        publish(tmp, target)
+        return digest.result()
 
 
 def write_sha256_sidecar(path: str | Path, hexdigest: str | None = None) -> Path:

@@ -16,7 +16,7 @@ import llama_cpp
 import numpy as np
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import describe_os_error, publish, sha256_file, temp_path, write_sha256_sidecar
+from tlite_edge.fsutil import describe_os_error, hash_and_publish, temp_path, write_sha256_sidecar
 from tlite_edge.quant.llama_log import capture_log
 from tlite_edge.quant.profiles import Profile
 
@@ -128,8 +128,7 @@ def quantize(
     tmp = temp_path(dst)
     try:
         sizes, _ = _run(src, tmp, params, advance)
-        digest = sha256_file(tmp)
-        publish(tmp, dst)
+        digest = hash_and_publish(tmp, dst)
     except OSError as exc:
         raise TliteError(dst, describe_os_error(exc)) from exc
     finally:
