@@ -288,3 +288,27 @@ def test_read_only_folder(model: Path, home: Path, monkeypatch, capsys) -> None:
         assert "read-only" in capsys.readouterr().err
     finally:
         target.chmod(0o700)
+
+
+def test_locate_precedence(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment first, then the app's settings file, then the OS default (or an older default)."""
+    assert paths.locate("jan", "linux").folder == home / ".local/share/Jan/data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert paths.locate("jan", "linux").folder == tmp_path / "xdg/Jan/data"
+    settings = home / ".config/Jan/settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"data_folder": str(tmp_path / "jan-elsewhere")}), encoding="utf-8")
+    assert paths.locate("jan", "linux").folder == tmp_path / "jan-elsewhere"
+    monkeypatch.setenv("TLITE_EDGE_JAN_DATA", str(tmp_path / "env-jan"))
+    assert paths.locate("jan", "linux") == paths.Location(tmp_path / "env-jan", "$TLITE_EDGE_JAN_DATA")
+    settings.write_text("{broken", encoding="utf-8")
+    monkeypatch.delenv("TLITE_EDGE_JAN_DATA")
+    with pytest.raises(paths.TliteError, match="cannot read the app's settings"):
+        paths.locate("jan", "linux")
+
+    (home / ".cache/lm-studio/models").mkdir(parents=True)  # only the older LM Studio folder exists
+    assert paths.locate("lmstudio", "macos").folder == home / ".cache/lm-studio/models"
+    (home / ".lmstudio/models").mkdir(parents=True)
+    assert paths.locate("lmstudio", "macos").folder == home / ".lmstudio/models"
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
+    assert paths.locate("gpt4all", "windows").folder == tmp_path / "Local/nomic.ai/GPT4All"

@@ -163,3 +163,18 @@ def test_read_eval_is_tolerant(tmp_path: Path) -> None:
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(TliteError, match="cannot read the eval JSON"):
         read_eval(path)
+
+
+def test_maintainer_script_levels_exist() -> None:
+    import importlib.util
+
+    from tlite_edge.quant.profiles import load_profiles
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("release_tlite", root / "convert" / "release_tlite.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert set(script.RECOMMENDED) <= set(load_profiles()) and "Q4_K_M" in script.RECOMMENDED
+    proc = run_cli("release", "--help")
+    assert proc.returncode == 0 and "--calibrate" in proc.stdout

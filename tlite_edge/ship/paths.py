@@ -79,7 +79,11 @@ FOLDERS: dict[str, AppFolder] = {
         ("TLITE_EDGE_JAN_DATA", "JAN_DATA_FOLDER"),
         {o: ("data", "Jan/data") for o in ALL},
         {},
-        {o: ("data", "Jan/settings.json") for o in ALL},
+        {
+            "linux": ("config", "Jan/settings.json"),
+            "macos": ("data", "Jan/settings.json"),
+            "windows": ("data", "Jan/settings.json"),
+        },
         "data_folder",
         "data folder",
     ),
