@@ -131,6 +131,10 @@ def test_refusals_write_nothing(bf16_gguf: Path, tmp_path: Path, capsys: pytest.
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x", encoding="utf-8")
+    data = bytearray(bf16_gguf.read_bytes())
+    at = data.index(b"llama-bpe")
+    data[at : at + 9] = b"smaug-bpe"
+    (busy / "smaug.gguf").write_bytes(bytes(data))
     cases = (
         (["--out", busy, "-q", "q8_0"], "not an empty folder"),
         (["--out", tmp_path / "a", "-q", "iq2_m"], "need an importance matrix"),
@@ -138,13 +142,16 @@ def test_refusals_write_nothing(bf16_gguf: Path, tmp_path: Path, capsys: pytest.
         (["--out", tmp_path / "c", "-q", "q9_9"], "unknown quantization level"),
         (["--out", tmp_path / "d", "-q", "q8_0", "--eval-json", tmp_path / "none.json"], "cannot read"),
         (["--out", tmp_path / "e", "-q", "q8_0", "--imatrix", busy / "keep.txt"], "imatrix"),
+        (["--out", tmp_path / "f", "-q", "q8_0", "--source", busy / "smaug.gguf"], "inspect --fix"),
     )
     for args, message in cases:
-        assert cli.main(["release", str(bf16_gguf), *map(str, args)]) == 2
+        source = str(args[-1]) if "--source" in args else str(bf16_gguf)
+        args = args[:-2] if "--source" in args else args
+        assert cli.main(["release", source, *map(str, args)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
-    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt", "smaug.gguf"]
 
 
 def test_read_eval_is_tolerant(tmp_path: Path) -> None:

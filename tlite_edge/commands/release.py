@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tlite_edge.ship.card import UPSTREAM
 from tlite_edge.ship.release import ReleaseOptions, build_release, check_repo, push
-from tlite_edge.source import DEFAULT_SOURCE
+from tlite_edge.source import DEFAULT_SOURCE, REPO_ID
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,13 +33,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx", type=int, default=512, metavar="N", help="--calibrate: tokens per chunk")
     p.add_argument("--threads", type=int, metavar="N", help="threads for quantizing and calibrating")
     p.add_argument("--eval-json", type=Path, metavar="FILE", help="quality table from tlite-edge eval")
-    p.add_argument("--base-model", default=UPSTREAM, help=f"card base_model (default {UPSTREAM})")
+    p.add_argument("--base-model", help=f"card base_model (default: SOURCE when a Hub id, else {UPSTREAM})")
     p.add_argument("--quantized-by", default="tlite-edge", help="card quantized_by")
     p.add_argument("--keep-bf16", action="store_true", help="ship the BF16 GGUF too")
     p.add_argument("--name", help="general.name when converting (default: the repo or folder name)")
     p.add_argument("--revision", help="Hub branch, tag or commit of SOURCE")
     p.add_argument("--push", metavar="REPO", help="upload the folder to this Hub model repo")
     p.set_defaults(func=run)
+
+
+def is_hub_id(source: str) -> bool:
+    return not Path(source).exists() and REPO_ID.fullmatch(source) is not None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         ctx=args.ctx,
         threads=args.threads,
         eval_json=args.eval_json,
-        base_model=args.base_model,
+        base_model=args.base_model or (args.source if is_hub_id(args.source) else UPSTREAM),
         quantized_by=args.quantized_by,
         repo=args.push,
         keep_bf16=args.keep_bf16,

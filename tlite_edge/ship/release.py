@@ -16,6 +16,7 @@ from tlite_edge.gguf_info import read_header
 from tlite_edge.quant.profiles import Profile, load_profiles, select
 from tlite_edge.quant.quantize import quantize
 from tlite_edge.ship.card import UPSTREAM, FileRow, read_eval, render_card
+from tlite_edge.ship.checks import find_problems
 
 Advance = Callable[[str, int, int, str], None]  # level, tensor i, of n, tensor name
 
@@ -142,7 +143,11 @@ def _build(
     advance: Advance | None,
 ) -> list[FileRow]:
     bf16 = bf16_source(source, work, opts, log)
-    kv = read_header(bf16).kv
+    header = read_header(bf16)
+    if problems := find_problems(header):
+        codes = ", ".join(f.code for f in problems)
+        raise TliteError(bf16, f"known problems ({codes}): repair with `tlite-edge inspect --fix` first")
+    kv = header.kv
     base = str(kv.get("general.name") or bf16.stem.rsplit("-", 1)[0])
     extra: dict[str, str] = {}
     imp = None
