@@ -312,3 +312,25 @@ def test_locate_precedence(home: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert paths.locate("lmstudio", "macos").folder == home / ".lmstudio/models"
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
     assert paths.locate("gpt4all", "windows").folder == tmp_path / "Local/nomic.ai/GPT4All"
+
+
+def test_ollama_create_runs_when_ollama_is_on_path(model: Path, tmp_path: Path) -> None:
+    """An ``ollama`` executable on PATH is called as ``ollama create NAME -f MODELFILE``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    fake = bin_dir / "ollama"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\ntest -f "$4" || exit 3\nexit "${{OLLAMA_RC:-0}}"\n', encoding="utf-8"
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "300"}
+    proc = run_cli("export", model, "--to", "ollama", "--name", "t-lite:q", env=env)
+    assert proc.returncode == 0, proc.stderr
+    modelfile = model.parent / "t-lite-q.Modelfile"
+    assert log.read_text(encoding="utf-8").split() == ["create", "t-lite:q", "-f", str(modelfile)]
+    proc = run_cli(
+        "export", model, "--to", "ollama", "--name", "t-lite:q", "--force", env={**env, "OLLAMA_RC": "1"}
+    )
+    assert proc.returncode == 2 and "failed with exit code 1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

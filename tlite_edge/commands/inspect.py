@@ -69,7 +69,7 @@ def fix(src: Path, out: Path, findings: list[Finding], console: Console) -> None
     for key, (_, _, value) in changes.items():
         shown = value if key != "tokenizer.chat_template" else "the Llama-3 template"
         console.print(f"[yellow]set[/] {key} = {escape(str(shown))}")
-    left = [f for f in find_problems(read_header(out))]
+    left = find_problems(read_header(out))
     console.print(f"[green]wrote[/] {escape(str(out))} (tensor data unchanged, sha256 {digest})")
     for f in left:
         console.print(f"[red]still[/]: {escape(f.message)}")
