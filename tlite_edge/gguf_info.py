@@ -26,6 +26,9 @@ class GGUFHeader:
     kv: dict[str, Any]
     tensors: list[tuple[str, tuple[int, ...], int]]  # name, ggml dims (ne0 first), ggml type
     data_end: int = 0  # where the last tensor's data ends
+    data_start: int = 0  # where the tensor data section begins (aligned)
+    kv_types: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # key -> (type, item type)
+    offsets: list[int] = field(default_factory=list)  # tensor data offsets, relative to data_start
 
     def tensor_nbytes(self, dims: tuple[int, ...], qtype: int) -> int:
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
@@ -88,13 +91,17 @@ def _parse_header(buf: mmap.mmap) -> GGUFHeader:
         return v
 
     kv: dict[str, Any] = {}
+    kv_types: dict[str, tuple[int, int | None]] = {}
     for _ in range(n_kv):
         key = string()
         (vtype,) = struct.unpack_from("<I", buf, pos)
         pos += 4
+        item = struct.unpack_from("<I", buf, pos)[0] if vtype == GGUFValueType.ARRAY else None
+        kv_types[key] = (vtype, item)
         kv[key] = value(vtype)
     tensors = []
     ends = []
+    offsets: list[int] = []
     for _ in range(n_tensors):
         name = string()
         (n_dims,) = struct.unpack_from("<I", buf, pos)
@@ -104,11 +111,12 @@ def _parse_header(buf: mmap.mmap) -> GGUFHeader:
         qtype, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
         pos += 4 + 8 * n_dims + 12
         tensors.append((name, tuple(dims), qtype))
+        offsets.append(offset)
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
         ends.append(offset + math.prod(dims) // block * size)
     align = int(kv.get("general.alignment", 32))
     data_start = pos + (align - pos % align) % align
-    return GGUFHeader(kv, tensors, data_start + max(ends, default=0))
+    return GGUFHeader(kv, tensors, data_start + max(ends, default=0), data_start, kv_types, offsets)
 
 
 def open_gguf(path: str | Path) -> GGUFReader:

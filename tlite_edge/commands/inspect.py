@@ -1,4 +1,5 @@
-"""``tlite-edge inspect FILE.gguf``: metadata, tensor types, size, bits per weight, template, specials."""
+"""``tlite-edge inspect FILE.gguf``: metadata, tensor types, size, bits per weight, template, specials,
+warnings for known breakage, and ``--fix OUT`` for a copy with corrected metadata."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from tlite_edge.gguf_info import GGUFSummary, summarize
+from tlite_edge.errors import TliteError
+from tlite_edge.gguf_info import GGUFSummary, read_header, summarize
+from tlite_edge.ship.checks import Finding, find_problems
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show what a GGUF file holds", description=__doc__)
     p.add_argument("file", type=Path, help="GGUF file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--fix", type=Path, metavar="OUT", help="write a copy with corrected metadata to OUT")
     p.set_defaults(func=run)
 
 
@@ -44,10 +49,43 @@ def render(summary: GGUFSummary, console: Console) -> None:
         console.print(template, markup=False, highlight=False)
 
 
+def render_findings(findings: list[Finding], console: Console) -> None:
+    if not findings:
+        console.print("[green]no known problems[/]")
+        return
+    table = Table("problem", "details", "--fix", title="warnings", title_style="bold yellow")
+    for f in findings:
+        table.add_row(f.code, escape(f.message), "fixes it" if f.fixable else "[red]cannot[/]")
+    console.print(table)
+
+
+def fix(src: Path, out: Path, findings: list[Finding], console: Console) -> None:
+    from tlite_edge.ship.edit import rewrite_metadata
+
+    changes = {k: v for f in findings for k, v in f.changes.items()}
+    if not changes:
+        raise TliteError(src, "nothing that --fix can repair; no copy written")
+    digest = rewrite_metadata(src, out, changes)
+    for key, (_, _, value) in changes.items():
+        shown = value if key != "tokenizer.chat_template" else "the Llama-3 template"
+        console.print(f"[yellow]set[/] {key} = {escape(str(shown))}")
+    left = find_problems(read_header(out))
+    console.print(f"[green]wrote[/] {escape(str(out))} (tensor data unchanged, sha256 {digest})")
+    for f in left:
+        console.print(f"[red]still[/]: {escape(f.message)}")
+
+
 def run(args: argparse.Namespace) -> int:
     summary = summarize(args.file)
+    findings = find_problems(read_header(args.file))
+    console = Console(stderr=args.json)
     if args.json:
-        print(json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
+        info = summary.as_dict()
+        info["warnings"] = [{"code": f.code, "message": f.message, "fixable": f.fixable} for f in findings]
+        print(json.dumps(info, ensure_ascii=False, indent=1))
     else:
-        render(summary, Console())
+        render(summary, console)
+        render_findings(findings, console)
+    if args.fix is not None:
+        fix(args.file, args.fix, findings, console)
     return 0

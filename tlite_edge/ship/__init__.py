@@ -1,0 +1,1 @@
+"""Shipping a GGUF: desktop apps (Ollama, LM Studio, Jan, GPT4All), Hub releases, metadata checks."""

@@ -1,0 +1,220 @@
+"""Known ways a Llama-3-family GGUF breaks in runtimes, found from its header, and metadata-only fixes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from gguf import GGUFValueType as VT
+
+from tlite_edge.chat_template import LLAMA3_TEMPLATE, PROBES, render
+from tlite_edge.gguf_info import GGUFHeader
+
+BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
+LLAMA3_MARKERS = (BOS, EOT, "<|start_header_id|>", "<|end_header_id|>")
+# Pre-tokenizer labels llama.cpp knows (a GGUF with another label is refused by llama.cpp).
+KNOWN_PRE = frozenset(
+    {
+        "default",
+        "llama3",
+        "llama-v3",
+        "llama-bpe",
+        "llama4",
+        "deepseek-llm",
+        "deepseek-coder",
+        "deepseek-v3",
+        "falcon",
+        "falcon3",
+        "mpt",
+        "starcoder",
+        "gpt-2",
+        "gpt2",
+        "phi-2",
+        "jina-es",
+        "jina-de",
+        "jina-v1-en",
+        "jina-v2-es",
+        "jina-v2-de",
+        "jina-v2-code",
+        "refact",
+        "command-r",
+        "qwen2",
+        "qwen35",
+        "stablelm2",
+        "olmo",
+        "dbrx",
+        "smaug-bpe",
+        "poro-chat",
+        "chatglm-bpe",
+        "viking",
+        "jais",
+        "tekken",
+        "smollm",
+        "codeshell",
+        "bloom",
+        "gpt3-finnish",
+        "exaone",
+        "chameleon",
+        "minerva-7b",
+        "megrez",
+        "gpt-4o",
+        "superbpe",
+        "trillion",
+        "bailingmoe",
+        "seed-coder",
+        "kimi-k2",
+        "grok-2",
+        "hunyuan",
+        "pixtral",
+    }
+)
+Change = tuple[int, int | None, Any]  # (GGUF value type, item type for arrays, value)
+
+
+@dataclass
+class Finding:
+    """One problem: a short code, a line for the user, and the metadata changes that repair it."""
+
+    code: str
+    message: str
+    changes: dict[str, Change] = field(default_factory=dict)
+
+    @property
+    def fixable(self) -> bool:
+        return bool(self.changes)
+
+
+@dataclass
+class Model:
+    """The header plus what the checks look up often."""
+
+    header: GGUFHeader
+    tokens: list[str]
+    ids: dict[str, int]
+
+    @classmethod
+    def of(cls, header: GGUFHeader) -> Model:
+        tokens = header.kv.get("tokenizer.ggml.tokens") or []
+        ids = {t: i for i, t in enumerate(tokens) if t.startswith("<|") and t.endswith("|>")}
+        return cls(header, tokens, ids)
+
+    @property
+    def kv(self) -> dict[str, Any]:
+        return self.header.kv
+
+    @property
+    def llama3(self) -> bool:
+        return self.kv.get("tokenizer.ggml.model") == "gpt2" and all(m in self.ids for m in LLAMA3_MARKERS)
+
+    def token(self, key: str) -> str | None:
+        tid = self.kv.get(f"tokenizer.ggml.{key}_token_id")
+        return self.tokens[tid] if isinstance(tid, int) and 0 <= tid < len(self.tokens) else None
+
+
+def check_pre(m: Model) -> Finding | None:
+    pre = m.kv.get("tokenizer.ggml.pre")
+    suspicious = pre not in KNOWN_PRE or (m.llama3 and pre == "smaug-bpe")
+    if m.kv.get("tokenizer.ggml.model") != "gpt2" or not suspicious:
+        return None
+    fix = {"tokenizer.ggml.pre": (VT.STRING, None, "llama-bpe")} if m.llama3 else {}
+    if pre == "smaug-bpe" and m.llama3:
+        why = "llama.cpp then splits some Russian words differently from the original tokenizer"
+    elif pre is None:
+        why = "llama.cpp falls back to the default split"
+    else:
+        why = "llama.cpp refuses unknown pre-tokenizers"
+    vocab = "a Llama-3 vocabulary" if m.llama3 else "this vocabulary"
+    return Finding("pre-tokenizer", f"pre-tokenizer {pre!r} on {vocab}: {why}", fix)
+
+
+def check_eos(m: Model) -> Finding | None:
+    if EOT not in m.ids:
+        return None
+    eot = m.ids[EOT]
+    fix: dict[str, Change] = {}
+    problems = []
+    if m.token("eos") != EOT:
+        eos_id = m.kv.get("tokenizer.ggml.eos_token_id")
+        problems.append(f"eos is {eos_id} {m.token('eos')}, not the end of turn")
+        fix["tokenizer.ggml.eos_token_id"] = (VT.UINT32, None, eot)
+    if m.token("eot") != EOT:
+        problems.append("no eot token id")
+        fix["tokenizer.ggml.eot_token_id"] = (VT.UINT32, None, eot)
+    if not problems:
+        return None
+    return Finding("eos", f"{'; '.join(problems)} ({eot} {EOT}): some runtimes generate past the answer", fix)
+
+
+def _render(template: str, messages: list[dict[str, str]], gen: bool) -> str | None:
+    try:
+        return render(template, messages, add_generation_prompt=gen)
+    except jinja2.TemplateError:
+        return None
+
+
+def check_template(m: Model) -> Finding | None:
+    template = m.kv.get("tokenizer.chat_template")
+    fix = {"tokenizer.chat_template": (VT.STRING, None, LLAMA3_TEMPLATE)} if m.llama3 else {}
+    if not template:
+        return Finding("template", "no chat template: apps fall back to a guess", fix)
+    with_prompt = [_render(template, p, True) for p in PROBES]
+    if None in with_prompt:
+        return Finding("template", "chat template does not render", fix)
+    if with_prompt == [_render(template, p, False) for p in PROBES]:
+        return Finding("template", "chat template ignores add_generation_prompt", fix)
+    if any((text or "").count(BOS) > 1 for text in with_prompt):
+        return Finding("double-bos", "chat template writes <|begin_of_text|> more than once", fix)
+    return None
+
+
+def check_bos(m: Model) -> Finding | None:
+    if not m.llama3:
+        return None
+    fix: dict[str, Change] = {}
+    problems = []
+    if m.token("bos") != BOS:
+        problems.append(f"bos is {m.token('bos')}")
+        fix["tokenizer.ggml.bos_token_id"] = (VT.UINT32, None, m.ids[BOS])
+    if m.kv.get("tokenizer.ggml.add_bos_token") is not True:
+        state = "missing" if "tokenizer.ggml.add_bos_token" not in m.kv else "false"
+        problems.append(f"add_bos_token {state}: raw text (completion, perplexity) gets no {BOS}")
+        fix["tokenizer.ggml.add_bos_token"] = (VT.BOOL, None, True)
+    if m.kv.get("tokenizer.ggml.add_eos_token") is True:
+        problems.append("add_eos_token true: every prompt would end with an end token")
+        fix["tokenizer.ggml.add_eos_token"] = (VT.BOOL, None, False)
+    return Finding("bos", "; ".join(problems), fix) if problems else None
+
+
+def check_vocab(m: Model) -> Finding | None:
+    n = len(m.tokens)
+    vocab_tensors = ("token_embd.weight", "output.weight")
+    rows = {name: dims[1] for name, dims, _ in m.header.tensors if name in vocab_tensors}
+    bad_rows = {k: v for k, v in rows.items() if v != n}
+    if bad_rows:
+        detail = ", ".join(f"{k} has {v} rows" for k, v in bad_rows.items())
+        return Finding("vocab", f"vocabulary has {n} tokens but {detail} (not fixable by metadata)")
+    arch = m.kv.get("general.architecture", "llama")
+    declared = m.kv.get(f"{arch}.vocab_size")
+    if declared is not None and declared != n:
+        fix: dict[str, Change] = {f"{arch}.vocab_size": (VT.UINT32, None, n)}
+        return Finding("vocab", f"{arch}.vocab_size = {declared} but {n} tokens", fix)
+    types = m.kv.get("tokenizer.ggml.token_type")
+    if types is not None and len(types) != n:
+        return Finding("vocab", f"{len(types)} token types for {n} tokens (not fixable by metadata)")
+    return None
+
+
+CHECKS: tuple[Callable[[Model], Finding | None], ...] = (
+    check_pre,
+    check_eos,
+    check_template,
+    check_bos,
+    check_vocab,
+)
+
+
+def find_problems(header: GGUFHeader) -> list[Finding]:
+    model = Model.of(header)
+    return [f for check in CHECKS if (f := check(model)) is not None]
