@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import openai
@@ -260,6 +261,23 @@ def test_disconnect_stops_generation(busy_server: Server) -> None:
     assert busy_server.request("POST", "/v1/chat/completions", _chat(max_tokens=4))[0] == 200
 
 
+def test_disconnect_stops_non_streamed_generation(busy_server: Server) -> None:
+    busy_server.wait_idle(timeout=5)
+    conn = busy_server.connection()
+    conn.request(
+        "POST", "/v1/completions", body=json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 4000})
+    )
+    t0 = time.monotonic()
+    while busy_server.request("GET", "/health")[2]["slots"]["busy"] == 0:  # generating
+        assert time.monotonic() - t0 < 2, "the request never started"
+        time.sleep(0.02)
+    conn.sock.close()
+    conn.close()
+    busy_server.wait_idle(timeout=2.5)
+    entry = [e for e in busy_server.log if e.get("path") == "/v1/completions"][-1]
+    assert entry["cancelled"] == "disconnect" and 0 < entry["completion_tokens"] < 4000
+
+
 def test_queue_full_503(busy_server: Server) -> None:
     busy_server.wait_idle(timeout=5)
     conn, resp = _open_stream(busy_server)
@@ -313,3 +331,26 @@ def test_light_load(server: Server) -> None:
     assert not errors, errors
     assert results == [REPLY] * 20
     assert server.request("GET", "/health")[0] == 200 and server.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("pieces", "sent", "found"),
+    [
+        (["Ёлка", ", Ъ", "!"], "Ёлка, Ъ!", False),  # no stop sequence: everything passes
+        (["Ёл", "ка", "<", "|en", "d|>", "хвост"], "Ёлка", True),  # split over pieces
+        (["a<", "b"], "a<b", False),  # a held-back prefix that did not complete is released
+        (["xSTOPy"], "x", True),
+    ],
+)
+def test_stop_matcher(pieces: list[str], sent: str, found: bool) -> None:
+    from tlite_edge.serve.pool import StopMatcher
+
+    matcher, out, hit = StopMatcher(["<|end|>", "STOP"]), "", False
+    for piece in pieces:
+        text, hit = matcher.feed(piece)
+        out += text
+        if hit:
+            break
+    if not hit:
+        out += matcher.flush()
+    assert (out, hit) == (sent, found)

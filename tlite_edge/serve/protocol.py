@@ -88,6 +88,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "functions": (lambda v: v == [], "empty (function calls are not supported)"),
     "logit_bias": (lambda v: v == {}, "empty (logit_bias is not supported)"),
     "suffix": (lambda v: v == "", "empty (suffix is not supported)"),
+    "response_format": (lambda v: v == {"type": "text"}, '{"type": "text"} (JSON modes are not supported)'),
 }
 
 
