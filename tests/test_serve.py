@@ -302,6 +302,21 @@ def test_request_time_limit(busy_server: Server) -> None:
     busy_server.wait_idle(timeout=2)
 
 
+def test_stream_time_limit(busy_server: Server) -> None:
+    """Past the limit a stream ends with an error event (its status was sent already) and stops."""
+    busy_server.wait_idle(timeout=5)
+    stream = client(busy_server, key="unused").chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=4000, stream=True
+    )
+    with pytest.raises(openai.APIError) as exc:
+        for _ in stream:
+            pass
+    assert "time limit" in exc.value.message
+    busy_server.wait_idle(timeout=2)
+    entry = [e for e in busy_server.log if e.get("path") == "/v1/chat/completions"][-1]
+    assert entry["error"] == "timeout" and entry["cancelled"] == "timeout" and entry["completion_tokens"] > 0
+
+
 def test_light_load(server: Server) -> None:
     """4 clients × 5 requests, streamed and not: every one answered in full, the server alive after."""
     results: list[str] = []

@@ -72,19 +72,12 @@ async def _watch_disconnect(receive: Receive, job: Job) -> None:
             return
 
 
-async def _finish(job: Job, events: AsyncIterator[tuple[str, object]]) -> Outcome:
-    """Wait (a little) for a stopped job's end, so the log counts what it generated."""
-
-    async def drain() -> Outcome:
-        async for kind, value in events:
-            if kind == "end":
-                return value  # type: ignore[return-value]
-        return job.outcome
-
-    try:
-        return await asyncio.wait_for(drain(), DRAIN_SECONDS)
-    except (ApiError, asyncio.TimeoutError, RuntimeError):
-        return job.outcome
+async def _finish(job: Job) -> Outcome:
+    """Wait (a little) for a stopped job's thread to end, so the log counts what it generated."""
+    end = time.monotonic() + DRAIN_SECONDS
+    while not job.done.is_set() and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    return job.outcome
 
 
 class EventStream(Response):
@@ -92,12 +85,10 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(
-        self, job: Job, body: AsyncGenerator[bytes, None], events: AsyncIterator[tuple[str, object]]
-    ):
+    def __init__(self, job: Job, body: AsyncGenerator[bytes, None]):
         self.status_code, self.background = 200, None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.job, self.body_iter, self.events = job, body, events
+        self.job, self.body_iter = job, body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(_watch_disconnect(receive, self.job))
@@ -114,7 +105,7 @@ class EventStream(Response):
         finally:
             watcher.cancel()
             if self.job.outcome.cancelled:
-                _log_outcome(scope, await _finish(self.job, self.events))
+                _log_outcome(scope, await _finish(self.job))
             await self.body_iter.aclose()
 
 
@@ -202,7 +193,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             raise value  # type: ignore[misc]
         shaper = Shaper(req, cfg.model_id)
         if req.stream:
-            return EventStream(job, _sse(shaper, events, request.scope), events)
+            return EventStream(job, _sse(shaper, events, request.scope))
         watcher = asyncio.ensure_future(_watch_disconnect(request.receive, job))
         try:
             outcome = await _collect(events)

@@ -70,6 +70,7 @@ class Job:
         self.outcome = Outcome()
         self.reply: Reply | None = None
         self._lock = threading.Lock()
+        self.done = threading.Event()  # the thread has finished (the outcome is complete)
         self.queue_seconds = 0.0
 
     def cancel(self, why: str) -> None:
@@ -90,6 +91,8 @@ class Job:
             self._emit("error", exc)
         except Exception as exc:  # llama.cpp failed: a 500 for this request, the server goes on
             self._emit("error", ApiError(500, f"generation failed: {type(exc).__name__}: {exc}"))
+        finally:
+            self.done.set()
 
     def _generate(self, engine: Engine) -> None:
         reply = start_reply(engine, self.req)
