@@ -369,3 +369,28 @@ def test_stop_matcher(pieces: list[str], sent: str, found: bool) -> None:
     if not hit:
         out += matcher.flush()
     assert (out, hit) == (sent, found)
+
+
+def test_real_model(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SmolLM2-135M-Instruct (its own ChatML template, <|im_end|> ends the turn) through the server."""
+    from tlite_edge.gguf_build.convert import convert
+    from tlite_edge.realmodel import gguf_to_hf, smollm2_gguf
+
+    name = "SmolLM2-135M-Instruct"
+    hf = gguf_to_hf(
+        smollm2_gguf(tmp_path_factory.mktemp("smollm2-cache")), tmp_path_factory.mktemp("hf") / name
+    )
+    gguf = convert(hf, name=name, outtype="f32", out_dir=tmp_path_factory.mktemp("smollm2-gguf")).path
+    srv = Server(gguf, "--ctx", "512", "--threads", "1")
+    try:
+        out = client(srv, key="unused").chat.completions.create(
+            model=gguf.stem,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0,
+            max_tokens=48,
+        )
+    finally:
+        assert srv.stop() == 0
+    answer = out.choices[0].message.content
+    assert "Paris" in answer and "<|im_end|>" not in answer and "<|im_start|>" not in answer
+    assert out.choices[0].finish_reason == "stop" and 0 < out.usage.completion_tokens < 48
