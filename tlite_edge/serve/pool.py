@@ -207,12 +207,20 @@ class Pool:
             )
         t0 = time.monotonic()
         self.waiting += 1
+        getter = asyncio.ensure_future(free.get())  # not wait_for: an engine must never get lost
         try:
-            engine = await asyncio.wait_for(free.get(), max(deadline - t0, 0.001))
-        except asyncio.TimeoutError:
-            raise self._busy("no slot became free within the server's time limit") from None
+            await asyncio.wait({getter}, timeout=max(deadline - t0, 0.001))
+        except BaseException:
+            if getter.done() and not getter.cancelled():
+                free.put_nowait(getter.result())
+            getter.cancel()
+            raise
         finally:
             self.waiting -= 1
+        if not getter.done():
+            getter.cancel()
+            raise self._busy("no slot became free within the server's time limit")
+        engine = getter.result()
         loop = asyncio.get_running_loop()
         job = Job(req, loop)
         job.queue_seconds = time.monotonic() - t0
