@@ -155,7 +155,13 @@ def main() -> int:
             "one streamed, temperature 0. Latency is client-side, from the call to the last byte; it "
             f"includes the wait in the server's queue ({args.clients} clients, {args.parallel} slots). "
             f"Before that, {args.baseline} sequential requests from one client give the service time "
-            f"without a queue. Load average when the run started: {load:.1f}.",
+            f"without a queue. Load average when the run started: {load:.1f}"
+            + (
+                f" on {os.cpu_count()} CPUs: the machine was busy with other work, so the times are "
+                "upper bounds."
+                if load > (os.cpu_count() or 1)
+                else "."
+            ),
             "",
             "| requests | n | p50 ms | p95 ms | max ms | first token p50 ms | first token p95 ms |",
             "|---|---|---|---|---|---|---|",
