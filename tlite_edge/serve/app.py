@@ -186,8 +186,8 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
         events = job.stream(deadline)
         try:
             kind_, value = await anext(events)
-        except BaseException:
-            job.cancel("disconnect")
+        except BaseException:  # timed out (already stopped) or the server is shutting down
+            job.cancel("aborted")
             raise
         if kind_ == "error":
             raise value  # type: ignore[misc]
@@ -197,8 +197,8 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
         watcher = asyncio.ensure_future(_watch_disconnect(request.receive, job))
         try:
             outcome = await _collect(events)
-        except BaseException:
-            job.cancel("disconnect")
+        except BaseException:  # timed out (already stopped) or the server is shutting down
+            job.cancel("aborted")
             raise
         finally:
             watcher.cancel()
