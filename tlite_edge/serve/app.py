@@ -1,0 +1,305 @@
+"""The ASGI app: routes, API-key check, body limit, SSE streaming, JSON errors and the access log.
+
+Every answer is JSON (errors in OpenAI's ``{"error": {...}}`` shape, never a traceback); every
+request leaves one JSON line in the access log (no message text, no key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tlite_edge.serve.pool import Job, Outcome, Pool
+from tlite_edge.serve.protocol import ApiError, Shaper, bad, parse_json, parse_request, sse
+
+LOG_KEY = "tlite_edge.log"  # the access-log entry of a request, in its ASGI scope
+DRAIN_SECONDS = 5.0  # after a disconnect, how long to wait for the reply's own end (for the log)
+
+
+@dataclass
+class ServeConfig:
+    model_id: str
+    model_names: frozenset[str]  # what the "model" field may say
+    created: int
+    n_ctx: int
+    api_key: str | None = None
+    max_body: int = 1 << 20
+    max_messages: int = 256
+    timeout: float = 300.0
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_large = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise too_large if length.isdigit() else bad("bad Content-Length header")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "the client closed the connection while sending the body") from None
+    return b"".join(chunks)
+
+
+async def _watch_disconnect(receive: Receive, job: Job) -> None:
+    """Stop ``job`` when the client goes away (the body was read already: only a disconnect comes)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            job.cancel("disconnect")
+            return
+
+
+async def _finish(job: Job) -> Outcome:
+    """Wait (a little) for a stopped job's thread to end, so the log counts what it generated."""
+    end = time.monotonic() + DRAIN_SECONDS
+    while not job.done.is_set() and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    return job.outcome
+
+
+class EventStream(Response):
+    """``text/event-stream`` of a job; a client that disconnects stops the generation."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, job: Job, body: AsyncGenerator[bytes, None]):
+        self.status_code, self.background = 200, None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job, self.body_iter = job, body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, self.job))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self.body_iter:
+                if self.job.outcome.cancelled == "disconnect":
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away while we wrote
+            self.job.cancel("disconnect")
+        finally:
+            watcher.cancel()
+            if self.job.outcome.cancelled:
+                _log_outcome(scope, await _finish(self.job))
+            await self.body_iter.aclose()
+
+
+def _log_outcome(scope: Scope, outcome: Outcome) -> None:
+    entry = scope.get(LOG_KEY, {})
+    entry["finish_reason"] = outcome.finish or None
+    if outcome.usage:
+        entry.update(
+            prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens
+        )
+    if outcome.cancelled:
+        entry["cancelled"] = outcome.cancelled
+
+
+def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
+    """The OpenAI-compatible app over ``pool``."""
+
+    def authorize(request: Request) -> None:
+        if cfg.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if not (
+            scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), cfg.api_key.encode())
+        ):
+            raise ApiError(
+                401,
+                "missing or wrong API key (send Authorization: Bearer KEY)",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def model_card() -> dict[str, Any]:
+        return {
+            "id": cfg.model_id,
+            "object": "model",
+            "created": cfg.created,
+            "owned_by": "tlite-edge",
+            "context_length": cfg.n_ctx,
+        }
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": cfg.model_id,
+                "slots": {"total": len(pool.engines), "busy": pool.busy},
+                "queue": {"waiting": pool.waiting, "max": pool.max_queue},
+            }
+        )
+
+    async def models(request: Request) -> JSONResponse:
+        authorize(request)
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def model(request: Request) -> JSONResponse:
+        authorize(request)
+        if request.path_params["name"] not in cfg.model_names:
+            raise ApiError(404, f"model {request.path_params['name']!r} not found", code="model_not_found")
+        return JSONResponse(model_card())
+
+    async def complete(request: Request, kind: str) -> Response:
+        entry = request.scope.get(LOG_KEY, {})
+        authorize(request)
+        req = parse_request(kind, parse_json(await read_body(request, cfg.max_body)), cfg.max_messages)
+        entry.update(model=req.model, stream=req.stream)
+        if req.model not in cfg.model_names:
+            raise ApiError(
+                404,
+                f"model {req.model!r} not found (this server has {cfg.model_id!r})",
+                code="model_not_found",
+                param="model",
+            )
+        if req.max_tokens and req.max_tokens > cfg.n_ctx:
+            raise bad(f"max_tokens is {req.max_tokens}, more than the context ({cfg.n_ctx})", "max_tokens")
+        deadline = time.monotonic() + cfg.timeout
+        job = await pool.submit(req, deadline)
+        entry["queue_ms"] = round(job.queue_seconds * 1000, 1)
+        events = job.stream(deadline)
+        try:
+            kind_, value = await anext(events)
+        except BaseException:  # timed out (already stopped) or the server is shutting down
+            job.cancel("aborted")
+            raise
+        if kind_ == "error":
+            raise value  # type: ignore[misc]
+        shaper = Shaper(req, cfg.model_id)
+        if req.stream:
+            return EventStream(job, _sse(shaper, events, request.scope))
+        watcher = asyncio.ensure_future(_watch_disconnect(request.receive, job))
+        try:
+            outcome = await _collect(events)
+        except BaseException:  # timed out (already stopped) or the server is shutting down
+            job.cancel("aborted")
+            raise
+        finally:
+            watcher.cancel()
+        _log_outcome(request.scope, outcome)
+        assert outcome.usage is not None
+        return JSONResponse(shaper.full(outcome.text, outcome.finish, outcome.usage))
+
+    async def chat(request: Request) -> Response:
+        return await complete(request, "chat")
+
+    async def completion(request: Request) -> Response:
+        return await complete(request, "completion")
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        request.scope.get(LOG_KEY, {})["error"] = exc.code or exc.type
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
+        err = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)), code="not_found")
+        if exc.status_code == 405:
+            err.code, err.headers = "method_not_allowed", dict(exc.headers or {})
+        return error_response(err)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(500, "internal server error", code="internal_error"))
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{name:path}", model, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completion, methods=["POST"]),
+    ]
+    handlers = {ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash}
+    return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+
+
+async def _collect(events: AsyncIterator[tuple[str, object]]) -> Outcome:
+    async for kind, value in events:
+        if kind == "error":
+            raise value  # type: ignore[misc]
+        if kind == "end":
+            return value  # type: ignore[return-value]
+    raise ApiError(500, "the generation ended without a result")
+
+
+async def _sse(
+    shaper: Shaper, events: AsyncIterator[tuple[str, object]], scope: Scope
+) -> AsyncGenerator[bytes, None]:
+    """The stream: a role chunk, text chunks, a finish chunk, usage if asked, ``[DONE]``."""
+    if shaper.req.kind == "chat":
+        yield sse(shaper.chunk(first=True))
+    try:
+        async for kind, value in events:
+            if kind == "text":
+                yield sse(shaper.chunk(str(value)))
+            elif kind == "error":
+                raise value  # type: ignore[misc]
+            elif kind == "end":
+                assert isinstance(value, Outcome) and value.usage is not None
+                _log_outcome(scope, value)
+                yield sse(shaper.chunk(finish=value.finish))
+                if shaper.req.include_usage:
+                    yield sse(shaper.usage_chunk(value.usage))
+                yield sse("[DONE]")
+    except ApiError as err:  # mid-stream: the status is sent already, the error goes in the stream
+        scope.get(LOG_KEY, {})["error"] = err.code or err.type
+        yield sse(err.body())
+
+
+class AccessLog:
+    """Outermost middleware: one JSON line per request, a request id header, no crash escapes."""
+
+    def __init__(self, app: ASGIApp, write: Callable[[dict[str, Any]], None]) -> None:
+        self.app, self.write = app, write
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.monotonic()
+        rid = f"req-{secrets.token_hex(6)}"
+        client = scope.get("client") or ("", 0)
+        entry: dict[str, Any] = {"event": "request", "id": rid, "client": client[0]}
+        entry.update(method=scope["method"], path=scope["path"], status=0)
+        scope[LOG_KEY] = entry
+
+        async def send_logged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                entry["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except Exception as exc:  # answered already by the app's 500 handler; keep it out of the logs' way
+            entry["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            entry["ms"] = round((time.monotonic() - t0) * 1000, 1)
+            entry["ts"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+            self.write(entry)
