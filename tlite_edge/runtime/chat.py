@@ -284,3 +284,25 @@ class Chat:
             self.reply.close()
         self.messages = [self.system] if self.system else []
         self.start = len(self.messages)
+
+    def set_system(self, text: str | None) -> None:
+        """Replace (``None``: remove) the system message; the turns stay."""
+        if self.reply is not None and not self.reply.done:
+            self.reply.close()
+        head = int(self.system is not None)
+        del self.messages[:head]
+        if text:
+            self.messages.insert(0, Message("system", text))
+        self.start += int(bool(text)) - head
+
+    def regen(self, **sampling: Any) -> Reply:
+        """Drop the last reply and answer the last user message again."""
+        users = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        if not users:
+            raise TliteError(None, "nothing to regenerate: no user message yet")
+        if self.reply is not None and not self.reply.done:
+            self.reply.close()
+        user = self.messages[users[-1]]
+        del self.messages[users[-1] :]
+        self.start = min(self.start, len(self.messages))
+        return self.send(user.content, **sampling)
