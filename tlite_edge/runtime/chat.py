@@ -57,6 +57,11 @@ class ReplyStats:
         return self.evaluated_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
 
     @property
+    def decoded_tokens(self) -> int:
+        """Reply tokens fed back through the model (one decode each) within ``generation_seconds``."""
+        return self._decodes
+
+    @property
     def generation_tokens_per_s(self) -> float:
         return self._decodes / self.generation_seconds if self.generation_seconds > 0 else 0.0
 
