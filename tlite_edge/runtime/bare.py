@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
@@ -23,6 +23,7 @@ class BareRun:
     prompt_seconds: float  # decode of the prompt plus sampling the first token
     generated_tokens: int  # decoded after the first token
     generation_seconds: float
+    tokens: list[int] = field(default_factory=list)  # the greedy tokens sampled
 
     @property
     def pp_tok_s(self) -> float:
@@ -81,15 +82,13 @@ class BareLlama:
         t0 = time.perf_counter()
         for i in range(0, len(prompt), self.n_batch):
             self._decode(prompt[i : i + self.n_batch], i)
-        token = llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)
+        tokens = [llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)]
         t1 = time.perf_counter()
-        pos = len(prompt)
-        for _ in range(n_gen):
-            self._decode([token], pos)
-            token = llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)
-            pos += 1
+        for pos in range(len(prompt), len(prompt) + n_gen):
+            self._decode(tokens[-1:], pos)
+            tokens.append(llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1))
         t2 = time.perf_counter()
-        return BareRun(len(prompt), t1 - t0, n_gen, t2 - t1)
+        return BareRun(len(prompt), t1 - t0, n_gen, t2 - t1, tokens)
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self.sampler)
