@@ -76,7 +76,7 @@ def main() -> int:
         sys.stderr.write(proc.stderr)
         return proc.returncode
     result = json.loads(proc.stdout)
-    body = section(result) + ([args.note] if args.note else [])
+    body = section(result) + (["", args.note] if args.note else [])
     print("\n".join(body))
     if args.update_md:
         replace_section(args.update_md, SECTION, body)
