@@ -209,13 +209,13 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("verb", ["run", "doctor"])
+@pytest.mark.parametrize("verb", ["run", "doctor", "chat", "bench"])
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_model(case: str, verb: str, tmp_path: Path, rigged: tuple[Path, list[int]]) -> None:
     make, message = BAD[case]
     bad = tmp_path / "bad.gguf"
     make(bad, rigged[0])
-    proc = run_cli(verb, bad, *(["hi"] if verb == "run" else []))
+    proc = run_cli(verb, bad, *(["hi"] if verb == "run" else []), input="hi")  # chat reads stdin
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(bad) in lines[0], proc.stderr
