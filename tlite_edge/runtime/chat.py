@@ -21,6 +21,7 @@ from tlite_edge.errors import TliteError
 if TYPE_CHECKING:
     from tlite_edge.runtime.engine import Engine, Sampling
 
+NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback
 RESERVE_SHARE = 4  # with max_tokens=None, keep n_ctx // 4 free for the reply (never more than half)
 # On overflow, drop turns until this share of n_ctx is free as well: the next turns then extend the
 # cached prefix instead of re-evaluating a shifted window every time.
@@ -122,7 +123,8 @@ class Reply:
         return bool(self.stats.finish_reason)
 
     def stop(self) -> None:
-        """Ask the reply to end; safe from another thread or a signal handler."""
+        """Ask the reply to end; safe from another thread or a signal handler. While the prompt is
+        still being read this aborts it (on CPU) and takes the turn back out of the chat."""
         self._stop = True
 
     def close(self) -> None:
@@ -152,11 +154,17 @@ class Reply:
         )
         utf8 = Utf8Stream()
         t_first = 0.0
+        ctx = llm._ctx.ctx
+        # While the prompt is read, stop() aborts llama_decode (CPU backends check between graph nodes):
+        # a long prompt need not finish before Ctrl-C takes effect. Off once tokens come (no per-token cost).
+        abort = llama_cpp.ggml_abort_callback(lambda _data: self._stop)
+        llama_cpp.llama_set_abort_callback(ctx, abort, None)
         try:
-            for token in tokens:
+            for token in self._prompt_aborted(tokens):
                 now = time.perf_counter()
                 if not t_first:
                     t_first = now
+                    llama_cpp.llama_set_abort_callback(ctx, NO_ABORT, None)
                     self._read_prompt_perf(now)
                 else:
                     stats._decodes += 1
@@ -177,16 +185,33 @@ class Reply:
                     stats.finish_reason = "length"
                     break
             else:
-                stats.finish_reason = "length"
+                stats.finish_reason = stats.finish_reason or "length"
             tail = utf8.flush()
             msg.content += tail
             if tail:
                 yield tail
         finally:
+            llama_cpp.llama_set_abort_callback(ctx, NO_ABORT, None)
             if not stats.finish_reason:  # closed by the consumer
                 stats.finish_reason = "stopped"
                 msg.content += utf8.flush()
             tokens.close()
+
+    def _prompt_aborted(self, tokens: Iterator[int]) -> Iterator[int]:
+        """``tokens``, ending quietly when stop() aborted the prompt: the turn is then taken back."""
+        try:
+            yield from tokens
+        except RuntimeError as exc:
+            if not (self._stop and "returned 2" in str(exc)):  # llama_decode: 2 = aborted
+                raise
+            llama_cpp.llama_synchronize(self.chat.engine.llm._ctx.ctx)  # settles the perf counters
+            self._read_prompt_perf(time.perf_counter())
+            self.stats.time_to_first_token = 0.0
+            self.stats.finish_reason = "stopped"
+            messages = self.chat.messages
+            if messages and messages[-1] is self.message:  # nothing was said: forget the turn
+                del messages[-2:]
+                self.chat.start = min(self.chat.start, len(messages))
 
     def _read_prompt_perf(self, now: float) -> None:
         """Prompt tokens llama.cpp evaluated for this turn (perf counters were reset at its start)."""
