@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,8 +160,6 @@ def load_transcript(path: Path, base: Sampling) -> tuple[list[dict[str, str]], S
 
 
 def _with(base: Sampling, changes: dict[str, Any]) -> Sampling:
-    from dataclasses import replace
-
     return replace(base, **changes)
 
 
