@@ -59,6 +59,20 @@ def make_rigged(factory: pytest.TempPathFactory, reply_text: str, seed: int) -> 
     ).path, reply
 
 
+def make_looping(factory: pytest.TempPathFactory, text: str, seed: int) -> Path:
+    """A stand-in BF16 GGUF whose greedy reply repeats ``text`` forever (never <|eot_id|>)."""
+    from tokenizers import Tokenizer
+
+    from tlite_edge.standin import llama3_tokenizer_json
+
+    loop = Tokenizer.from_file(str(llama3_tokenizer_json())).encode(text, add_special_tokens=False).ids
+    assert len(set(loop)) == len(loop)
+    chain = [DOUBLE_NEWLINE, *loop, loop[0]]
+    folder = write_standin(factory.mktemp(f"loop{seed}") / STANDIN_NAME, chain=chain, seed=seed)
+    out = factory.mktemp(f"loop{seed}-gguf")
+    return convert(folder, name=STANDIN_NAME, outtype="bf16", out_dir=out).path
+
+
 def llama_cpp_logits(gguf: Path, ids: list[int], n_ctx: int = 128) -> np.ndarray:
     """Per-position logits [len(ids), vocab] from llama.cpp: one batch, F32 KV cache, no flash attention."""
     import llama_cpp

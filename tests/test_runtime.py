@@ -14,6 +14,7 @@ from conftest import make_rigged, run_cli
 
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime import Chat, Engine, Message, Sampling
+from tlite_edge.runtime import chat as chat_module
 from tlite_edge.runtime.chat import Utf8Stream
 from tlite_edge.runtime.hardware import parse_meminfo, parse_system_info, probe
 
@@ -117,15 +118,48 @@ def test_context_overflow_drops_oldest_turns(rigged: tuple[Path, list[int]]) -> 
 def test_stop_mid_reply_then_continue(engine: Engine) -> None:
     chat = engine.chat()
     reply = chat.send("Раз")
-    reply.stop()  # asked before the first token: it still ends on a whole character
-    assert list(reply) == ["Ё"]
-    assert reply.stats.finish_reason == "stopped" and chat.messages[-1].content == "Ё"
+    reply.stop()  # asked before the first token: the prompt is abandoned, the turn taken back
+    assert list(reply) == [] and reply.stats.finish_reason == "stopped" and chat.messages == []
+    reply = chat.send("Раз")
+    assert next(reply) == "Ё"
+    reply.stop()  # mid-reply: it ends on a whole character
+    assert list(reply) == [] and reply.stats.finish_reason == "stopped" and chat.messages[-1].content == "Ё"
     # A consumer that just stops iterating: the next send closes the reply.
     for _ in chat.send("Два"):
         break
     again = chat.send("Три")
     assert again.result() == REPLY
     assert [m.content for m in chat.messages] == ["Раз", "Ё", "Два", "Ё", "Три", REPLY]
+
+
+def test_stop_while_reading_a_long_prompt(
+    rigged: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() aborts llama_decode between graph nodes: here part-way through a 5-batch prompt."""
+    engine = load(rigged[0], ctx=4096)
+    checks = [0]
+
+    class LateStop(chat_module.Reply):
+        @property
+        def _stop(self) -> bool:  # read by llama.cpp's abort callback at every graph node
+            checks[0] += 1
+            return checks[0] > 150
+
+        @_stop.setter
+        def _stop(self, value: bool) -> None:
+            pass
+
+    chat = engine.chat(system=SYSTEM)
+    text = "Расскажи подробно о городе Казань, его истории и культуре. " * 120
+    monkeypatch.setattr(chat_module, "Reply", LateStop)
+    reply = chat.send(text)
+    monkeypatch.undo()
+    assert reply.result() == "" and reply.stats.finish_reason == "stopped"
+    cached = engine.llm.n_tokens  # the batches read before the abort
+    assert 512 <= cached < len(reply.prompt) and cached % 512 == 0 and chat.messages == [chat.system]
+    again = chat.send(text)
+    assert again.result() == REPLY
+    assert again.stats.evaluated_tokens == len(again.prompt) - cached
 
 
 def test_run_prints_only_the_answer(rigged: tuple[Path, list[int]]) -> None:
@@ -209,13 +243,13 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("verb", ["run", "doctor"])
+@pytest.mark.parametrize("verb", ["run", "doctor", "chat", "bench"])
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_model(case: str, verb: str, tmp_path: Path, rigged: tuple[Path, list[int]]) -> None:
     make, message = BAD[case]
     bad = tmp_path / "bad.gguf"
     make(bad, rigged[0])
-    proc = run_cli(verb, bad, *(["hi"] if verb == "run" else []))
+    proc = run_cli(verb, bad, *(["hi"] if verb == "run" else []), input="hi")  # chat reads stdin
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(bad) in lines[0], proc.stderr

@@ -11,7 +11,10 @@ from tlite_edge import __version__
 from tlite_edge.errors import TliteError
 
 # verb -> module under tlite_edge.commands
-VERBS = ("convert", "quantize", "imatrix", "inspect", "run", "doctor", "demo", "export", "release", "serve")
+VERBS = (
+    "convert", "quantize", "imatrix", "inspect", "run", "chat", "serve", "bench", "doctor", "demo", "export",
+    "release",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,7 +109,8 @@ def rig_chain(w: dict[str, np.ndarray], chain: Sequence[int], gain: float = 8.0)
     """Make greedy decoding follow ``chain``: after token chain[i] the model emits chain[i+1].
 
     Attention and MLP outputs are zeroed so the final hidden state is the last token's embedding;
-    each chain token gets a one-hot embedding that the next token's lm_head row picks out.
+    each chain token gets a one-hot embedding that the next token's lm_head row picks out. A token
+    may come back as a target (the chain loops back to it): its lm_head row then answers both.
     """
     hidden = w["model.norm.weight"].shape[0]
     for name in w:
@@ -119,7 +120,8 @@ def rig_chain(w: dict[str, np.ndarray], chain: Sequence[int], gain: float = 8.0)
     for i, (tok, nxt) in enumerate(zip(chain, chain[1:], strict=False)):
         w["model.embed_tokens.weight"][tok] = 0.0
         w["model.embed_tokens.weight"][tok, i] = 1.0
-        w["lm_head.weight"][nxt] = 0.0
+        if nxt not in chain[1 : i + 1]:
+            w["lm_head.weight"][nxt] = 0.0
         w["lm_head.weight"][nxt, i] = gain
     assert len(chain) <= hidden
 

@@ -21,6 +21,7 @@ from tlite_edge.errors import TliteError
 if TYPE_CHECKING:
     from tlite_edge.runtime.engine import Engine, Sampling
 
+NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback
 RESERVE_SHARE = 4  # with max_tokens=None, keep n_ctx // 4 free for the reply (never more than half)
 # On overflow, drop turns until this share of n_ctx is free as well: the next turns then extend the
 # cached prefix instead of re-evaluating a shifted window every time.
@@ -55,6 +56,11 @@ class ReplyStats:
     @property
     def prompt_tokens_per_s(self) -> float:
         return self.evaluated_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def decoded_tokens(self) -> int:
+        """Reply tokens fed back through the model (one decode each) within ``generation_seconds``."""
+        return self._decodes
 
     @property
     def generation_tokens_per_s(self) -> float:
@@ -117,7 +123,8 @@ class Reply:
         return bool(self.stats.finish_reason)
 
     def stop(self) -> None:
-        """Ask the reply to end; safe from another thread or a signal handler."""
+        """Ask the reply to end; safe from another thread or a signal handler. While the prompt is
+        still being read this aborts it (on CPU) and takes the turn back out of the chat."""
         self._stop = True
 
     def close(self) -> None:
@@ -147,11 +154,17 @@ class Reply:
         )
         utf8 = Utf8Stream()
         t_first = 0.0
+        ctx = llm._ctx.ctx
+        # While the prompt is read, stop() aborts llama_decode (CPU backends check between graph nodes):
+        # a long prompt need not finish before Ctrl-C takes effect. Off once tokens come (no per-token cost).
+        abort = llama_cpp.ggml_abort_callback(lambda _data: self._stop)
+        llama_cpp.llama_set_abort_callback(ctx, abort, None)
         try:
-            for token in tokens:
+            for token in self._prompt_aborted(tokens):
                 now = time.perf_counter()
                 if not t_first:
                     t_first = now
+                    llama_cpp.llama_set_abort_callback(ctx, NO_ABORT, None)
                     self._read_prompt_perf(now)
                 else:
                     stats._decodes += 1
@@ -172,16 +185,33 @@ class Reply:
                     stats.finish_reason = "length"
                     break
             else:
-                stats.finish_reason = "length"
+                stats.finish_reason = stats.finish_reason or "length"
             tail = utf8.flush()
             msg.content += tail
             if tail:
                 yield tail
         finally:
+            llama_cpp.llama_set_abort_callback(ctx, NO_ABORT, None)
             if not stats.finish_reason:  # closed by the consumer
                 stats.finish_reason = "stopped"
                 msg.content += utf8.flush()
             tokens.close()
+
+    def _prompt_aborted(self, tokens: Iterator[int]) -> Iterator[int]:
+        """``tokens``, ending quietly when stop() aborted the prompt: the turn is then taken back."""
+        try:
+            yield from tokens
+        except RuntimeError as exc:
+            if not (self._stop and "returned 2" in str(exc)):  # llama_decode: 2 = aborted
+                raise
+            llama_cpp.llama_synchronize(self.chat.engine.llm._ctx.ctx)  # settles the perf counters
+            self._read_prompt_perf(time.perf_counter())
+            self.stats.time_to_first_token = 0.0
+            self.stats.finish_reason = "stopped"
+            messages = self.chat.messages
+            if messages and messages[-1] is self.message:  # nothing was said: forget the turn
+                del messages[-2:]
+                self.chat.start = min(self.chat.start, len(messages))
 
     def _read_prompt_perf(self, now: float) -> None:
         """Prompt tokens llama.cpp evaluated for this turn (perf counters were reset at its start)."""
@@ -284,3 +314,25 @@ class Chat:
             self.reply.close()
         self.messages = [self.system] if self.system else []
         self.start = len(self.messages)
+
+    def set_system(self, text: str | None) -> None:
+        """Replace (``None``: remove) the system message; the turns stay."""
+        if self.reply is not None and not self.reply.done:
+            self.reply.close()
+        head = int(self.system is not None)
+        del self.messages[:head]
+        if text:
+            self.messages.insert(0, Message("system", text))
+        self.start += int(bool(text)) - head
+
+    def regen(self, **sampling: Any) -> Reply:
+        """Drop the last reply and answer the last user message again."""
+        users = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        if not users:
+            raise TliteError(None, "nothing to regenerate: no user message yet")
+        if self.reply is not None and not self.reply.done:
+            self.reply.close()
+        user = self.messages[users[-1]]
+        del self.messages[users[-1] :]
+        self.start = min(self.start, len(self.messages))
+        return self.send(user.content, **sampling)

@@ -151,6 +151,7 @@ class Engine:
         self.sampling = Sampling.from_metadata(meta)
         self.active: Reply | None = None  # the reply generating on this context (Chat.send closes it)
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.formatter = Jinja2ChatFormatter(
@@ -250,12 +251,15 @@ class Engine:
 
     def token_bytes(self, token: int) -> bytes:
         """The raw bytes of a token (a byte-level token may be half of a UTF-8 character)."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n]
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")

@@ -1,0 +1,87 @@
+"""Runtime speed: ``tlite-edge bench`` (ours against a bare llama_decode loop, same file and threads),
+written as a BENCHMARKS.md section.
+
+    python benchmarks/bench_runtime.py bench-data/T-lite-instruct-0.1-Q4_K_M.gguf --threads 2 \
+        --update-md BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mdreport import replace_section, stamp
+
+SECTION = "## Runtime: tlite-edge vs a bare llama.cpp decode loop"
+TARGET_TEXT = {  # ratio key -> how the issue states the target
+    "pp_vs_bare": "pp ≥ 0.98× bare",
+    "tg_vs_bare": "tg ≥ 0.98× bare",
+    "ttft_last_vs_first_turn": "last-turn TTFT ≤ 1.2× first-turn",
+    "tg_vs_bandwidth_bound": "tg ≥ 0.9× bandwidth bound",
+}
+
+
+def section(r: dict[str, Any]) -> list[str]:
+    ours, bare, bw = r["ours"], r["bare"], r["bandwidth"]
+    cfg = r["config"]
+    lines = [
+        stamp(),
+        f"Model `{Path(r['model']).name}`, {r['threads']} threads, context {r['n_ctx']}, "
+        f"GPU layers {r['gpu_layers']}, medians of {cfg['reps']} runs.",
+        "",
+        "| | tlite-edge | bare llama.cpp | ours / bare |",
+        "|---|---:|---:|---:|",
+        f"| load (s) | {ours['load_s']:.2f} | {bare['load_s']:.2f} | |",
+        f"| pp{ours['pp_tokens']} (tok/s) | {ours['pp_tok_s']:.2f} | {bare['pp_tok_s']:.2f} | "
+        f"{r['ratios']['pp_vs_bare']:.3f} |",
+        f"| tg{ours['tg_tokens']} (tok/s) | {ours['tg_tok_s']:.2f} | {bare['tg_tok_s']:.2f} | "
+        f"{r['ratios']['tg_vs_bare']:.3f} |",
+        f"| time to first token, pp{ours['pp_tokens']} prompt (s) | {ours['ttft_s']:.3f} | | |",
+        f"| peak RSS (GiB) | {ours['peak_rss_bytes'] / 2**30:.2f} | | |",
+        "",
+        f"Read bandwidth {bw['read_bytes_per_s'] / 1e9:.2f} GB/s ({r['threads']} threads, numpy sweep over "
+        f"{cfg['bandwidth_mib']} MiB); weights read per token "
+        f"{bw['weight_bytes_per_token'] / 2**20:.1f} MiB; bound {bw['tg_bound_tok_s']:.2f} tok/s.",
+        "",
+        f"{cfg['turns']}-turn chat, {cfg['turn_tokens']} new user tokens and up to {cfg['turn_reply']} reply "
+        "tokens per turn (KV cache reused):",
+        "",
+        "| turn | tokens evaluated | time to first token (s) |",
+        "|---:|---:|---:|",
+        *(f"| {t['turn']} | {t['evaluated_tokens']} | {t['ttft_s']:.3f} |" for t in r["chat"]["turns"]),
+        "",
+        "| target | measured | met |",
+        "|---|---:|---|",
+        *(
+            f"| {text} | {r['ratios'][key]:.3f} | {'yes' if r['targets'][key] else 'no'} |"
+            for key, text in TARGET_TEXT.items()
+        ),
+    ]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--update-md", type=Path, help="write the section into this markdown file")
+    ap.add_argument("--note", default="", help="a line to add under the section (e.g. what the file is)")
+    args, bench_args = ap.parse_known_args()
+    cmd = [sys.executable, "-m", "tlite_edge", "bench", str(args.model), *bench_args, "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
+    result = json.loads(proc.stdout)
+    body = section(result) + (["", args.note] if args.note else [])
+    print("\n".join(body))
+    if args.update_md:
+        replace_section(args.update_md, SECTION, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""``tlite-edge bench`` on a tiny looping stand-in: schema and sanity (not timing), and the bare loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_looping, run_cli
+
+from tlite_edge.gguf_info import GGUFHeader, read_header
+from tlite_edge.runtime import Engine
+from tlite_edge.runtime.bare import BareLlama
+from tlite_edge.runtime.bench import TARGETS, weight_bytes_per_token
+
+LOOP = " Раз два три четыре пять шесть."
+ARGS = ("--pp", "48", "--tg", "12", "--reps", "1", "--ctx", "512", "--turns", "3", "--turn-tokens", "12")
+
+
+@pytest.fixture(scope="module")
+def looping(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_looping(tmp_path_factory, LOOP, seed=8)
+
+
+@pytest.fixture(scope="module")
+def result(looping: Path) -> dict[str, Any]:
+    proc = run_cli("bench", looping, *ARGS, "--turn-reply", "6", "--bandwidth-mib", "64", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _positive(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_bench_json(result: dict[str, Any], looping: Path) -> None:
+    ours, bare, chat, bw = result["ours"], result["bare"], result["chat"], result["bandwidth"]
+    assert result["n_ctx"] == 512 and result["threads"] >= 1
+    assert 48 <= ours["pp_tokens"] < 60 and ours["evaluated_tokens"] == ours["pp_tokens"]  # a cold prompt
+    assert ours["tg_tokens"] == 11  # 12 generated, 11 fed back: the reply never ends by itself
+    assert (bare["pp_tokens"], bare["tg_tokens"]) == (ours["pp_tokens"], ours["tg_tokens"])
+    for value in (ours["pp_tok_s"], ours["tg_tok_s"], ours["ttft_s"], ours["load_s"]):
+        assert _positive(value)
+    assert _positive(bare["pp_tok_s"]) and _positive(bare["tg_tok_s"]) and _positive(bare["load_s"])
+    assert ours["peak_rss_bytes"] > 100 * 2**20
+    assert set(result["ratios"]) == set(TARGETS) == set(result["targets"])
+    assert all(_positive(v) for v in result["ratios"].values())
+    assert all(isinstance(v, bool) for v in result["targets"].values())
+    assert result["ratios"]["tg_vs_bare"] == pytest.approx(ours["tg_tok_s"] / bare["tg_tok_s"])
+    assert [t["turn"] for t in chat["turns"]] == [1, 2, 3]
+    later = {t["evaluated_tokens"] for t in chat["turns"][1:]}
+    assert len(later) == 1 and all(_positive(t["ttft_s"]) for t in chat["turns"])  # equal new tokens per turn
+    header = read_header(looping)
+    assert bw["weight_bytes_per_token"] == weight_bytes_per_token(header)
+    assert bw["read_bytes_per_s"] > 1e8
+    assert bw["tg_bound_tok_s"] == pytest.approx(bw["read_bytes_per_s"] / bw["weight_bytes_per_token"])
+
+
+def test_bench_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from tlite_edge.commands.bench import render
+
+    out = io.StringIO()
+    render(result, Console(file=out, width=140, color_system=None))
+    text = out.getvalue()
+    assert f"pp{result['ours']['pp_tokens']} (tok/s)" in text and "tg11 (tok/s)" in text
+    assert "multi-turn chat" in text and all(k in text for k in TARGETS)
+
+
+def test_weight_bytes_per_token() -> None:
+    f32 = 0  # GGML_TYPE_F32
+    tensors = [("token_embd.weight", (8, 100), f32), ("blk.0.ffn_up.weight", (8, 16), f32)]
+    untied = GGUFHeader({}, [*tensors, ("output.weight", (8, 100), f32)])
+    assert weight_bytes_per_token(untied) == 4 * (8 + 8 * 16 + 8 * 100)  # one embedding row read
+    assert weight_bytes_per_token(GGUFHeader({}, tensors)) == 4 * (8 * 100 + 8 * 16)  # tied: all of it
+
+
+def test_bare_loop_decodes_like_the_engine(looping: Path) -> None:
+    engine = Engine.load(looping, ctx=256, seed=0)
+    reply = engine.chat().send("Считай", temp=0.0, max_tokens=10)
+    reply.result()
+    params = [type(p).from_buffer_copy(p) for p in (engine.llm.model_params, engine.llm.context_params)]
+    engine.close()
+    bare = BareLlama(looping, *params)
+    try:
+        run = bare.run(reply.prompt, 9)
+    finally:
+        bare.close()
+    assert run.tokens == reply.message.tokens and run.generated_tokens == 9
+    assert _positive(run.pp_tok_s) and _positive(run.tg_tok_s)
+
+
+def test_bench_bad_arguments(looping: Path) -> None:
+    proc = run_cli("bench", looping, "--pp", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "tlite-edge bench: error: --pp must be at least 1, got 0"

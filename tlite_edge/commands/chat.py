@@ -1,0 +1,76 @@
+"""``tlite-edge chat MODEL.gguf``: talk to a GGUF model in the terminal.
+
+In a terminal: replies stream as Markdown, lines are edited with history kept between runs, and slash
+commands (/help) change the conversation and the sampling. When stdin or stdout is not a terminal,
+all of stdin is one user message and only the answer is printed to stdout (warnings, notices and,
+with --verbose, the speed line go to stderr), so it can be scripted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tlite_edge.commands.run import _check, _seed
+from tlite_edge.errors import TliteError
+
+if TYPE_CHECKING:
+    from tlite_edge.runtime import Chat
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with a GGUF model in the terminal", description=__doc__)
+    p.add_argument("model", type=Path, help="GGUF file")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--temp", type=float, help="temperature (0 = greedy; default from the GGUF or 0.6)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling (default from the GGUF or 0.9)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    p.add_argument("--max-tokens", type=int, help="longest reply in tokens (default 1024)")
+    p.add_argument("--ctx", type=int, help="context length (default: the model's, reduced if RAM is short)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--verbose", action="store_true", help="a speed line after each reply (/stats toggles)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive:
+        text = sys.stdin.read().rstrip("\n")
+        if not text.strip():
+            raise TliteError("<stdin>", "no message: stdin is empty")
+    from tlite_edge.runtime.engine import Engine  # heavy import, only for this verb
+
+    engine = Engine.load(args.model, ctx=args.ctx, threads=args.threads, seed=_seed(args.seed))
+    sampling = engine.sampling.with_(
+        temp=args.temp, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens
+    )
+    chat = engine.chat(system=args.system, sampling=sampling)
+    if interactive:
+        from rich.console import Console
+
+        from tlite_edge.tui.session import ChatSession
+        from tlite_edge.tui.terminal import interact
+
+        return interact(ChatSession(engine, chat, Console(highlight=False), show_stats=args.verbose))
+    return _plain(engine.warnings, chat, text, args.verbose)
+
+
+def _plain(warnings: list[str], chat: Chat, text: str, verbose: bool) -> int:
+    from tlite_edge.tui.session import stats_line
+
+    for warning in warnings:
+        print(f"tlite-edge chat: warning: {warning}", file=sys.stderr)
+    reply = chat.send(text)
+    for piece in reply:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    for notice in reply.stats.notices:
+        print(f"tlite-edge chat: {notice}", file=sys.stderr)
+    if verbose:
+        print(f"[{stats_line(reply.stats)}]", file=sys.stderr)
+    return 0

@@ -1,0 +1,222 @@
+"""Runtime speed: our engine against a bare llama.cpp loop, multi-turn TTFT, and the bandwidth bound.
+
+``run_bench`` measures, on one file and thread count: load time, prompt processing (pp) and token
+generation (tg) through ``Chat.send`` (our whole path: template, tokenization, streaming, UTF-8),
+time to first token, peak RSS; then the same prompt ids through ``BareLlama``; a multi-turn chat
+whose turns add equal numbers of new tokens; and tg against memory bandwidth ÷ weight bytes per token.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlite_edge.gguf_info import GGUFHeader
+from tlite_edge.runtime.bare import BareLlama
+from tlite_edge.runtime.engine import Engine, check_model
+
+# Text for synthetic prompts: a turn is "Вопрос N. " followed by as many of these words as needed.
+FILLER_TEXT = (
+    "Расскажи подробно, как устроена работа небольшой библиотеки в городе: кто выбирает новые книги, "
+    "как читатели находят нужное издание, сколько времени занимает ремонт старых переплётов и почему "
+    "вечером в читальном зале всегда тихо и светло."
+)
+FILLER = FILLER_TEXT.split()
+# The issue's targets: metric -> (comparison, threshold).
+TARGETS = {
+    "pp_vs_bare": (">=", 0.98),
+    "tg_vs_bare": (">=", 0.98),
+    "ttft_last_vs_first_turn": ("<=", 1.2),
+    "tg_vs_bandwidth_bound": (">=", 0.9),
+}
+RSS_UNIT = {"darwin": 1}  # ru_maxrss is bytes on macOS, KiB elsewhere
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    pp: int = 512
+    tg: int = 128
+    reps: int = 3
+    threads: int | None = None
+    ctx: int | None = None
+    turns: int = 5
+    turn_tokens: int = 64  # new user-message tokens per turn
+    turn_reply: int = 32  # reply tokens per turn
+    bandwidth_mib: int = 1024
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT.get(sys.platform, 1024)
+
+
+def weight_bytes_per_token(header: GGUFHeader) -> int:
+    """Bytes of weights one generated token reads: every tensor except the embedding table, of which
+    one row is read (or all of it, when it doubles as the output layer)."""
+    sizes = {name: header.tensor_nbytes(dims, t) for name, dims, t in header.tensors}
+    dims = {name: d for name, d, _ in header.tensors}
+    total = sum(sizes.values())
+    embd = sizes.get("token_embd.weight", 0)
+    if "output.weight" not in sizes:
+        return total
+    rows = dims["token_embd.weight"][-1] if "token_embd.weight" in dims else 1
+    return total - embd + embd // max(rows, 1)
+
+
+def read_bandwidth(nbytes: int, threads: int, sweeps: int = 5) -> float:
+    """Best read bandwidth (bytes/s) over ``sweeps`` passes of ``threads`` numpy reductions."""
+    buf = np.ones(nbytes, dtype=np.uint8)
+    parts = np.array_split(buf, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(sweeps):
+            t0 = time.perf_counter()
+            list(pool.map(np.max, parts))  # numpy releases the GIL inside the reduction
+            best = max(best, buf.nbytes / (time.perf_counter() - t0))
+    return best
+
+
+def user_text(engine: Engine, n_tokens: int, tag: str, *, exact: bool = False) -> str:
+    """A user message of ``n_tokens`` tokens (at least; ``exact``: exactly, where some start in the
+    filler gets there): ``tag`` then filler words."""
+    text = tag
+    for offset in range(len(FILLER) if exact else 1):
+        words = [tag]
+        while len(engine.tokenize(" ".join(words), special=False)) < n_tokens:
+            words.append(FILLER[(offset + len(words) - 1) % len(FILLER)])
+        text = " ".join(words)
+        if len(engine.tokenize(text, special=False)) == n_tokens:
+            return text
+    return text
+
+
+def pp_text(engine: Engine, n_tokens: int) -> str:
+    """A user message whose whole prompt (template included) is about ``n_tokens`` tokens."""
+    overhead = len(engine.chat().prompt_for(""))
+    return user_text(engine, max(n_tokens - overhead, 1), "Вопрос 0.")
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def _ours(engine: Engine, text: str, cfg: BenchConfig, step: Callable[[str], None]) -> dict[str, Any]:
+    sampling = engine.sampling.with_(temp=0.0, repeat_penalty=1.0, max_tokens=cfg.tg)
+    engine.chat(sampling=sampling).send(text, max_tokens=4).result()  # warm-up: buffers for the batch size
+    runs = []
+    for rep in range(cfg.reps):
+        step(f"ours: pp{cfg.pp} + tg{cfg.tg}, run {rep + 1}/{cfg.reps}")
+        engine.llm.reset()  # a cold prompt: evaluate it all
+        reply = engine.chat(sampling=sampling).send(text)
+        reply.result()
+        runs.append((reply.prompt, reply.stats))
+    prompt, _ = runs[0]
+    return {
+        "prompt": prompt,
+        "pp_tokens": len(prompt),
+        "evaluated_tokens": min(s.evaluated_tokens for _, s in runs),
+        "tg_tokens": min(s.decoded_tokens for _, s in runs),
+        "pp_tok_s": _median([s.prompt_tokens / s.time_to_first_token for _, s in runs]),
+        "tg_tok_s": _median([s.generation_tokens_per_s for _, s in runs]),
+        "ttft_s": _median([s.time_to_first_token for _, s in runs]),
+    }
+
+
+def _turns(engine: Engine, cfg: BenchConfig, step: Callable[[str], None]) -> dict[str, Any]:
+    """Median TTFT per turn of a chat whose user messages are all ``turn_tokens`` tokens long."""
+    sampling = engine.sampling.with_(temp=0.0, repeat_penalty=1.0, max_tokens=cfg.turn_reply)
+    texts = [user_text(engine, cfg.turn_tokens, f"Вопрос {k + 1}.", exact=True) for k in range(cfg.turns)]
+    ttft: list[list[float]] = [[] for _ in texts]
+    evaluated: list[int] = [0] * len(texts)
+    for rep in range(cfg.reps):
+        step(f"ours: {cfg.turns}-turn chat, run {rep + 1}/{cfg.reps}")
+        engine.llm.reset()
+        chat = engine.chat(sampling=sampling)
+        for k, text in enumerate(texts):
+            reply = chat.send(text)
+            reply.result()
+            ttft[k].append(reply.stats.time_to_first_token)
+            evaluated[k] = reply.stats.evaluated_tokens
+    first, last = _median(ttft[0]), _median(ttft[-1])
+    return {
+        "turns": [
+            {"turn": k + 1, "ttft_s": _median(t), "evaluated_tokens": e}
+            for k, (t, e) in enumerate(zip(ttft, evaluated, strict=True))
+        ],
+        "ttft_last_vs_first_turn": last / first if first > 0 else math.nan,
+    }
+
+
+def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -> dict[str, Any]:
+    """Every measurement of ``tlite-edge bench``, as one JSON-ready dict."""
+    header = check_model(path)
+    step("ours: load")
+    t0 = time.perf_counter()
+    engine = Engine.load(path, ctx=cfg.ctx, threads=cfg.threads, seed=0)
+    load_s = time.perf_counter() - t0
+    text = pp_text(engine, cfg.pp)
+    ours = _ours(engine, text, cfg, step)
+    turns = _turns(engine, cfg, step)
+    ours.update(load_s=load_s, peak_rss_bytes=peak_rss())
+    settings, llm = engine.settings, engine.llm
+    prompt = ours.pop("prompt")
+    n_gen = max(ours["tg_tokens"], 1)
+    params = [type(p).from_buffer_copy(p) for p in (llm.model_params, llm.context_params)]
+    engine.close()  # one model in memory at a time
+    step("bare llama.cpp: load")
+    bare = BareLlama(path, *params)
+    try:
+        bare.run(prompt, 4)  # warm-up
+        runs = []
+        for rep in range(cfg.reps):
+            step(f"bare llama.cpp: pp{len(prompt)} + tg{n_gen}, run {rep + 1}/{cfg.reps}")
+            runs.append(bare.run(prompt, n_gen))
+        bare_out = {
+            "load_s": bare.load_seconds,
+            "pp_tokens": len(prompt),
+            "tg_tokens": n_gen,
+            "pp_tok_s": _median([r.pp_tok_s for r in runs]),
+            "tg_tok_s": _median([r.tg_tok_s for r in runs]),
+        }
+    finally:
+        bare.close()
+    step("memory bandwidth")
+    bandwidth = read_bandwidth(cfg.bandwidth_mib * 2**20, settings.threads)
+    per_token = weight_bytes_per_token(header)
+    bound = bandwidth / per_token
+    ratios = {
+        "pp_vs_bare": ours["pp_tok_s"] / bare_out["pp_tok_s"],
+        "tg_vs_bare": ours["tg_tok_s"] / bare_out["tg_tok_s"],
+        "ttft_last_vs_first_turn": turns["ttft_last_vs_first_turn"],
+        "tg_vs_bandwidth_bound": ours["tg_tok_s"] / bound,
+    }
+    return {
+        "model": str(path),
+        "threads": settings.threads,
+        "n_ctx": settings.n_ctx,
+        "gpu_layers": settings.gpu_layers,
+        "config": asdict(cfg),
+        "ours": ours,
+        "bare": bare_out,
+        "chat": turns,
+        "bandwidth": {
+            "read_bytes_per_s": bandwidth,
+            "weight_bytes_per_token": per_token,
+            "tg_bound_tok_s": bound,
+        },
+        "ratios": ratios,
+        "targets": {k: _meets(ratios[k], *TARGETS[k]) for k in TARGETS},
+    }
+
+
+def _meets(value: float, op: str, threshold: float) -> bool:
+    return value >= threshold if op == ">=" else value <= threshold
