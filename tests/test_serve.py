@@ -275,7 +275,8 @@ def test_disconnect_stops_non_streamed_generation(busy_server: Server) -> None:
     conn.close()
     busy_server.wait_idle(timeout=2.5)
     entry = [e for e in busy_server.log if e.get("path") == "/v1/completions"][-1]
-    assert entry["cancelled"] == "disconnect" and 0 < entry["completion_tokens"] < 4000
+    # 0 tokens when the disconnect lands while the prompt is still being read (that stops too)
+    assert entry["cancelled"] == "disconnect" and 0 <= entry["completion_tokens"] < 4000
 
 
 def test_queue_full_503(busy_server: Server) -> None:
