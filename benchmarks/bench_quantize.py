@@ -171,7 +171,7 @@ def write_md(args: argparse.Namespace, result: dict) -> None:
             f"{', '.join(f'{t:.1f}' for t in o['runs']['ours'])} s). Ours also fsyncs, renames atomically "
             "and writes the sha256 (hashed from the page cache while the flush runs). CPU time (user + "
             f"system) ours {sum(o['cpu']['ours']) / 2:.1f} s vs bare {sum(o['cpu']['bare']) / 2:.1f} s = "
-            f"{o['cpu_ratio']:.3f}× (robust to other load on the machine).",
+            f"{o['cpu_ratio']:.3f}×.",
         ]
         replace_section(args.update_md, OVERHEAD_SECTION, body)
 
