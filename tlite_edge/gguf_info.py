@@ -192,8 +192,13 @@ class GGUFSummary:
 
 
 def summarize(path: str | Path) -> GGUFSummary:
-    header = read_header(path)
-    meta = {k: f"[{len(v)} items]" if k in SKIP_VALUES else v for k, v in header.kv.items()}
+    return summary_from_header(read_header(path), Path(path), Path(path).stat().st_size)
+
+
+def summary_from_header(header: GGUFHeader, path: Path, size: int) -> GGUFSummary:
+    """What ``inspect`` shows, from a parsed header (whatever types its metadata values have)."""
+    listed = {k for k, v in header.kv.items() if k in SKIP_VALUES and isinstance(v, list)}
+    meta = {k: f"[{len(v)} items]" if k in listed else v for k, v in header.kv.items()}
     types = Counter(GGMLQuantizationType(t).name for _, _, t in header.tensors)
     n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
     nbytes = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
@@ -201,11 +206,11 @@ def summarize(path: str | Path) -> GGUFSummary:
     special: dict[str, dict[str, Any]] = {}
     for key in ("bos", "eos", "eot", "padding"):
         tid = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if tid is not None and 0 <= tid < len(tokens):
+        if isinstance(tid, int) and isinstance(tokens, list) and 0 <= tid < len(tokens):
             special[key] = {"id": tid, "text": tokens[tid]}
     return GGUFSummary(
-        Path(path),
-        Path(path).stat().st_size,
+        path,
+        size,
         meta,
         dict(types.most_common()),
         len(header.tensors),
