@@ -17,7 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from tlite_edge.errors import TliteError
 
 # Bounds on rendering a template that came from a file: wall time, output and string sizes, and
-# size-like integer arguments of filters and method calls (a real chat template needs none of them).
+# size-like integer arguments of filters (a real chat template comes nowhere near them).
 RENDER_SECONDS = 5.0
 MAX_CHARS = 16 * 1024 * 1024
 MAX_SIZE_ARG = 256
@@ -112,9 +112,8 @@ def _bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         check_size(result)
         return result
 
-    for attr in ("jinja_pass_arg",):  # keep jinja's context/environment passing marker
-        if hasattr(func, attr):
-            setattr(bounded, attr, getattr(func, attr))
+    if hasattr(func, "jinja_pass_arg"):  # keep jinja's context/environment passing marker
+        bounded.jinja_pass_arg = func.jinja_pass_arg  # type: ignore[attr-defined]
     return bounded
 
 

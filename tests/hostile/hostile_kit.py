@@ -194,3 +194,48 @@ def run_bounded(
 def leftovers(folder: Path) -> list[str]:
     """Temporary or partial files left in ``folder``."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".partial")
+
+
+# --- the work area of one hostile case ---------------------------------------------------------
+
+
+@dataclass
+class Area:
+    """Where one case works: a stand-in copy (made on demand), an empty output folder, crafted files."""
+
+    root: Path
+    standin: Path
+    model: Path
+
+    def __post_init__(self) -> None:
+        self.out = self.root / "out"
+        self.out.mkdir()
+        self.bad = self.root / "bad.gguf"
+        self.imatrix = self.root / "bad.imatrix.gguf"
+        self.template = self.root / "evil.jinja"
+        self._hf: Path | None = None
+
+    @property
+    def hf(self) -> Path:
+        if self._hf is None:
+            self._hf = linked_copy(self.standin, self.root / "hf")
+        return self._hf
+
+    def fill(self, text: str) -> str:
+        return text.format(
+            hf=self.hf if "{hf}" in text else "",
+            out=self.out,
+            bad=self.bad,
+            model=self.model,
+            imatrix=self.imatrix,
+            template=self.template,
+        )
+
+
+Builder = Callable[[Area], object]
+CONVERT = ("convert", "{hf}", "--out-dir", "{out}")
+CONVERT_T = (*CONVERT, "--chat-template", "{template}")
+INSPECT = ("inspect", "{bad}")
+QUANTIZE = ("quantize", "{bad}", "--out-dir", "{out}", "-q", "q8_0")
+RUN = ("run", "{bad}", "Привет", "--max-tokens", "8", "--ctx", "256")
+IMATRIX = ("quantize", "{model}", "--out-dir", "{out}", "-q", "q4_k_m", "--imatrix", "{imatrix}")

@@ -235,3 +235,33 @@ def test_float_metadata_survives_json(value: float) -> None:
     """A NaN/Inf metadata float must not break inspect --json (json.dumps writes NaN/Infinity)."""
     raw = VALID_GGUF.replace(struct.pack("<f", 500000.0), struct.pack("<f", value), 1)
     assert parse_gguf(raw) is not None
+
+
+# --- regressions: what fuzzing found in the GGUF reader before it was hardened ----------------
+
+
+def _gguf_with(key: str, vtype: int, value: object) -> bytes:
+    from gguf import GGUFValueType as VT
+
+    from tlite_edge.gguf_build.writer import GGUFLayout
+
+    layout = GGUFLayout()
+    layout.add("general.architecture", VT.STRING, "llama")
+    layout.add("tokenizer.ggml.eos_token_id", VT.UINT32, 0)
+    layout.add(key, VT(vtype), value)
+    layout.add_tensor("token_embd.weight", (3, 32), GGMLQuantizationType.F32)
+    return layout.header() + bytes(layout.data_size())
+
+
+def test_regression_alignment_zero() -> None:
+    """Was a ZeroDivisionError ('unexpected error') instead of one clear line."""
+    with pytest.raises(TliteError, match="not a power of two"):
+        header_from_buffer(_gguf_with("general.alignment", 4, 0), GGUF_PATH)
+
+
+def test_regression_tokens_not_an_array() -> None:
+    """Was a TypeError in inspect: tokenizer.ggml.tokens given as a number."""
+    header = parse_gguf(_gguf_with("tokenizer.ggml.tokens", 4, 7))
+    assert header is not None
+    summary = summary_from_header(header, GGUF_PATH, 0)  # type: ignore[arg-type]
+    assert summary.metadata["tokenizer.ggml.tokens"] == 7 and summary.special_tokens == {}
