@@ -41,3 +41,25 @@ def test_hostile_input(case: str, standin_dir: Path, bf16_gguf: Path, tmp_path: 
 def test_case_count() -> None:
     """The issue asks for at least 40 crafted inputs."""
     assert len(CASES) >= 40
+
+
+def test_nan_inf_tensor_warns_and_converts(standin_dir: Path, tmp_path: Path) -> None:
+    """NaN/Inf weights are a warning naming the tensor, not an error: the file still converts."""
+    from hostile_kit import SHARD2, linked_copy, shard_parts, write_shard
+
+    hf = linked_copy(standin_dir, tmp_path / standin_dir.name)
+    header, data = shard_parts(hf / SHARD2)
+    name = next(k for k in header if k.endswith("mlp.up_proj.weight"))
+    start = header[name]["data_offsets"][0]
+    bad = bytearray(data)
+    bad[start : start + 6] = bytes.fromhex("c07f807f80ff")  # bf16 NaN, +Inf, -Inf
+    write_shard(hf / SHARD2, header, bytes(bad))
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        result = run_bounded("convert", hf, "--out-dir", out)
+        assert result.returncode == 0, result.stderr
+        assert f"warning: tensor {name} holds 3 NaN/Inf values" in result.stderr
+        assert (out / f"{standin_dir.name}-BF16.gguf").is_file() and leftovers(out) == []
+    finally:
+        shutil.rmtree(hf, ignore_errors=True)
