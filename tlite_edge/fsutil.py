@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +34,7 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
         raise TliteError(target, "output path is a directory")
     if not target.parent.is_dir():
         raise TliteError(target.parent, "output folder does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    fd, tmp_name = _mkstemp(target)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w+b") as fh:
@@ -49,9 +51,49 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
 
 def temp_path(target: Path) -> Path:
     """A fresh, empty temporary file next to ``target`` (same filesystem, so rename is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    fd, name = _mkstemp(target)
     os.close(fd)
     return Path(name)
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def _owner_tag() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _mkstemp(target: Path) -> tuple[int, str]:
+    """A temporary file ``.<name>.<host>-<pid>.<random>.partial`` next to ``target``, after removing
+    the ones that killed runs (SIGKILL, power loss) of this host left for the same target."""
+    sweep_stale(target)
+    return tempfile.mkstemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".partial", dir=target.parent)
+
+
+def sweep_stale(target: Path) -> list[Path]:
+    """Remove temporary files for ``target`` whose writer (same host, by pid) is no longer running."""
+    removed = []
+    host = _host()
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+        owner = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
+        tag_host, _, pid = owner.rpartition("-")
+        if tag_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(tmp: Path, target: Path) -> None:

@@ -40,21 +40,32 @@ def read_header(path: str | Path) -> GGUFHeader:
     p = Path(path)
     if not p.is_file():
         raise TliteError(p, "no such file")
-    with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
+    with open(p, "rb") as fh:
+        if fh.read(4) != b"GGUF":
             raise TliteError(p, "not a GGUF file (bad magic)")
-        try:
-            header = _parse_header(buf)
-        except (struct.error, ValueError, UnicodeDecodeError, IndexError, KeyError) as exc:
-            raise TliteError(p, f"damaged or truncated GGUF ({exc})") from None
-        if header.data_end > len(buf):
-            raise TliteError(
-                p, f"truncated GGUF: tensor data needs {header.data_end} bytes, file has {len(buf)}"
-            )
-        return header
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return header_from_buffer(buf, p)
 
 
-def _parse_header(buf: mmap.mmap) -> GGUFHeader:
+def header_from_buffer(buf: bytes | mmap.mmap, path: Path) -> GGUFHeader:
+    """Parse and check a whole GGUF file held in ``buf``; anything wrong is a TliteError naming ``path``."""
+    if buf[:4] != b"GGUF":
+        raise TliteError(path, "not a GGUF file (bad magic)")
+    try:
+        header = _parse_header(buf)
+    except (struct.error, ValueError, UnicodeDecodeError, IndexError, KeyError, OverflowError) as exc:
+        raise TliteError(path, f"damaged or truncated GGUF ({exc})") from None
+    if header.data_end > len(buf):
+        raise TliteError(
+            path, f"truncated GGUF: tensor data needs {header.data_end} bytes, file has {len(buf)}"
+        )
+    return header
+
+
+MAX_COUNT = 1 << 24  # keys, tensors or array items: far above any real model, below any absurd one
+
+
+def _parse_header(buf: bytes | mmap.mmap) -> GGUFHeader:
     if buf[:4] != b"GGUF":
         raise ValueError("bad magic")
     version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
@@ -66,7 +77,7 @@ def _parse_header(buf: mmap.mmap) -> GGUFHeader:
         nonlocal pos
         (n,) = struct.unpack_from("<Q", buf, pos)
         if pos + 8 + n > len(buf):
-            raise ValueError("string runs past the end of the file")
+            raise ValueError(f"string of {n} bytes runs past the end of the file")
         pos += 8 + n
         return buf[pos - n : pos].decode("utf-8")
 
@@ -77,6 +88,8 @@ def _parse_header(buf: mmap.mmap) -> GGUFHeader:
         if vtype == GGUFValueType.ARRAY:
             item, count = struct.unpack_from("<IQ", buf, pos)
             pos += 12
+            if count > MAX_COUNT or count * (8 if item == GGUFValueType.STRING else 1) > len(buf) - pos:
+                raise ValueError(f"array of {count} items runs past the end of the file")
             if item == GGUFValueType.STRING:
                 return [string() for _ in range(count)]
             fmt = SCALAR_FORMATS[GGUFValueType(item)]
@@ -96,12 +109,18 @@ def _parse_header(buf: mmap.mmap) -> GGUFHeader:
         key = string()
         (vtype,) = struct.unpack_from("<I", buf, pos)
         pos += 4
+        if key in kv:
+            raise ValueError(f"duplicate key {key[:80]!r}")
         item = struct.unpack_from("<I", buf, pos)[0] if vtype == GGUFValueType.ARRAY else None
         kv_types[key] = (vtype, item)
         kv[key] = value(vtype)
+    align = kv.get("general.alignment", 32)
+    if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+        raise ValueError(f"general.alignment {align!r} is not a power of two")
     tensors = []
     ends = []
     offsets: list[int] = []
+    names: set[str] = set()
     for _ in range(n_tensors):
         name = string()
         (n_dims,) = struct.unpack_from("<I", buf, pos)
@@ -110,11 +129,20 @@ def _parse_header(buf: mmap.mmap) -> GGUFHeader:
         dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
         qtype, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
         pos += 4 + 8 * n_dims + 12
+        if name in names:
+            raise ValueError(f"duplicate tensor {name[:80]!r}")
+        names.add(name)
+        try:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+        except (ValueError, KeyError):
+            raise ValueError(f"tensor {name!r} has unknown type {qtype}") from None
+        if dims and dims[0] % block:
+            raise ValueError(f"tensor {name!r}: row of {dims[0]} not a multiple of its block size {block}")
+        if offset % align:
+            raise ValueError(f"tensor {name!r}: data offset {offset} not aligned to {align}")
         tensors.append((name, tuple(dims), qtype))
         offsets.append(offset)
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
         ends.append(offset + math.prod(dims) // block * size)
-    align = int(kv.get("general.alignment", 32))
     data_start = pos + (align - pos % align) % align
     return GGUFHeader(kv, tensors, data_start + max(ends, default=0), data_start, kv_types, offsets)
 
@@ -172,8 +200,13 @@ class GGUFSummary:
 
 
 def summarize(path: str | Path) -> GGUFSummary:
-    header = read_header(path)
-    meta = {k: f"[{len(v)} items]" if k in SKIP_VALUES else v for k, v in header.kv.items()}
+    return summary_from_header(read_header(path), Path(path), Path(path).stat().st_size)
+
+
+def summary_from_header(header: GGUFHeader, path: Path, size: int) -> GGUFSummary:
+    """What ``inspect`` shows, from a parsed header (whatever types its metadata values have)."""
+    listed = {k for k, v in header.kv.items() if k in SKIP_VALUES and isinstance(v, list)}
+    meta = {k: f"[{len(v)} items]" if k in listed else v for k, v in header.kv.items()}
     types = Counter(GGMLQuantizationType(t).name for _, _, t in header.tensors)
     n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
     nbytes = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
@@ -181,11 +214,11 @@ def summarize(path: str | Path) -> GGUFSummary:
     special: dict[str, dict[str, Any]] = {}
     for key in ("bos", "eos", "eot", "padding"):
         tid = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if tid is not None and 0 <= tid < len(tokens):
+        if isinstance(tid, int) and isinstance(tokens, list) and 0 <= tid < len(tokens):
             special[key] = {"id": tid, "text": tokens[tid]}
     return GGUFSummary(
-        Path(path),
-        Path(path).stat().st_size,
+        path,
+        size,
         meta,
         dict(types.most_common()),
         len(header.tensors),

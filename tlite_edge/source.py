@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import re
 from pathlib import Path
 
@@ -36,6 +38,19 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
     return _download(source, revision), source.split("/")[1]
 
 
+# Base exception of each HTTP client huggingface_hub has used (module, class).
+NETWORK_ERRORS = (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException"))
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP clients' own connection errors (a dropped connection is not always an OSError)."""
+    kinds: list[type[BaseException]] = []
+    for module, name in NETWORK_ERRORS:
+        with contextlib.suppress(ImportError, AttributeError):
+            kinds.append(getattr(importlib.import_module(module), name))
+    return tuple(kinds)
+
+
 def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -59,6 +74,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
         ),
         (HfHubHTTPError, "Hub request failed", True),
         (OSError, "download failed", True),
+        *((kind, "download interrupted (run again to retry)", True) for kind in _network_errors()),
     )
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))

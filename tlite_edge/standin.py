@@ -117,11 +117,13 @@ def rig_chain(w: dict[str, np.ndarray], chain: Sequence[int], gain: float = 8.0)
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             w[name][:] = 0.0
     w["model.norm.weight"][:] = 1.0
+    targets: set[int] = set()  # a chain may loop back: a token reached twice keeps both entries
     for i, (tok, nxt) in enumerate(zip(chain, chain[1:], strict=False)):
         w["model.embed_tokens.weight"][tok] = 0.0
         w["model.embed_tokens.weight"][tok, i] = 1.0
-        if nxt not in chain[1 : i + 1]:
+        if nxt not in targets:
             w["lm_head.weight"][nxt] = 0.0
+            targets.add(nxt)
         w["lm_head.weight"][nxt, i] = gain
     assert len(chain) <= hidden
 

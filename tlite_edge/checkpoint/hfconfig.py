@@ -50,11 +50,59 @@ class LlamaConfig:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+# Upper bounds far above any real Llama-family checkpoint: an absurd value is a damaged or hostile
+# config, refused before anything is allocated from it.
+LIMITS = {
+    "hidden_size": 1 << 16,
+    "num_attention_heads": 1 << 10,
+    "num_key_value_heads": 1 << 10,
+    "num_hidden_layers": 1 << 10,
+    "intermediate_size": 1 << 18,
+    "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 24,
+    "head_dim": 1 << 12,
+}
+
+
 def _int(cfg: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
     value = cfg.get(key, default)
+    if key not in cfg and default is None:
+        raise TliteError(path, f"missing key {key!r}")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise TliteError(path, f"{key} must be a positive integer, got {value!r}")
+    if value > LIMITS.get(key, value):
+        raise TliteError(path, f"{key} = {value} is absurd (limit {LIMITS[key]})")
     return value
+
+
+def _float(cfg: dict[str, Any], key: str, path: Path, default: float) -> float:
+    value = cfg.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e12:
+        raise TliteError(path, f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+# rope_scaling type -> its numeric parameters (each must be a positive number when present).
+ROPE_SCALING = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _check_rope_scaling(scaling: object, path: Path) -> None:
+    if not isinstance(scaling, dict):
+        raise TliteError(path, "rope_scaling must be an object or null")
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind not in ROPE_SCALING:
+        raise TliteError(path, f"rope_scaling type {kind!r} is not supported (linear, llama3)")
+    for key in ROPE_SCALING[kind]:
+        if key == "factor" and key not in scaling:
+            raise TliteError(path, f"rope_scaling type {kind!r} needs a factor")
+        if key in scaling:
+            _float(scaling, key, path, 0.0)
+    if kind == "llama3" and scaling.get("high_freq_factor", 4.0) <= scaling.get("low_freq_factor", 1.0):
+        raise TliteError(path, "rope_scaling high_freq_factor must exceed low_freq_factor")
 
 
 def load_config(folder: Path) -> LlamaConfig:
@@ -69,12 +117,12 @@ def load_config(folder: Path) -> LlamaConfig:
     hidden = _int(cfg, "hidden_size", path)
     heads = _int(cfg, "num_attention_heads", path)
     kv_heads = _int(cfg, "num_key_value_heads", path, heads)
-    head_dim = cfg.get("head_dim") or hidden // heads
+    head_dim = _int(cfg, "head_dim", path) if cfg.get("head_dim") is not None else hidden // heads
     if hidden % heads or head_dim * heads != hidden or heads % kv_heads:
         raise TliteError(path, f"inconsistent heads: hidden {hidden}, heads {heads}, kv heads {kv_heads}")
     scaling = cfg.get("rope_scaling")
-    if scaling is not None and not isinstance(scaling, dict):
-        raise TliteError(path, "rope_scaling must be an object or null")
+    if scaling is not None:
+        _check_rope_scaling(scaling, path)
     return LlamaConfig(
         path=path,
         architecture=arch,
@@ -85,8 +133,8 @@ def load_config(folder: Path) -> LlamaConfig:
         ffn_size=_int(cfg, "intermediate_size", path),
         vocab_size=_int(cfg, "vocab_size", path),
         context_length=_int(cfg, "max_position_embeddings", path, 8192),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        rope_theta=_float(cfg, "rope_theta", path, 10000.0),
+        rms_eps=_float(cfg, "rms_norm_eps", path, 1e-5),
         head_dim=head_dim,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         rope_scaling=scaling,

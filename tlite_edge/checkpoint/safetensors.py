@@ -13,6 +13,7 @@ import math
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -57,75 +58,115 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+MAX_DIMS = 8
+
+
+def parse_header(read: Callable[[int], bytes], size: int, path: Path) -> tuple[dict[str, TensorInfo], dict]:
+    """Validate a safetensors header read from the start of a ``size``-byte file; return the tensors
+    (absolute byte ranges) and ``__metadata__``. Anything wrong is a TliteError naming ``path``."""
+
+    def fail(message: str) -> TliteError:
+        return TliteError(path, f"corrupt safetensors header: {message}")
+
+    if size < 8:
+        raise fail("file shorter than the 8-byte header length")
+    (hlen,) = struct.unpack("<Q", read(8))
+    if hlen > MAX_HEADER_BYTES:
+        raise fail(f"header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + hlen > size:
+        raise fail(f"header length {hlen} runs past the end of the file")
+    try:
+        header = json.loads(read(hlen).decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise fail(f"header is not valid JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if not isinstance(header, dict):
+        raise fail("header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise fail("__metadata__ is not an object")
+    metadata = {str(k): str(v)[:4096] for k, v in meta.items()}
+    data_start = 8 + hlen
+    tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        info = _tensor_entry(path, name, entry, data_start, size - data_start, fail)
+        tensors[name] = info
+        spans.append((info.offset, info.offset + info.nbytes, name))
+    spans.sort()
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        if start_b < end_a:
+            raise fail(f"tensors {name_a!r} and {name_b!r} overlap")
+    return tensors, metadata
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {dup[:80]!r}")
+    return out
+
+
+def _tensor_entry(
+    path: Path, name: str, entry: object, data_start: int, data_size: int, fail: Callable[[str], TliteError]
+) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise fail(f"tensor {name!r} lacks dtype, shape or data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise fail(f"tensor {name!r} has unknown dtype {str(dtype)[:40]!r}")
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_DIMS
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 48 for d in shape)
+    ):
+        raise fail(f"tensor {name!r} has an invalid shape {str(shape)[:80]}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise fail(f"tensor {name!r} has invalid data_offsets {str(offsets)[:80]}")
+    if offsets[0] > offsets[1]:
+        raise fail(f"tensor {name!r} has reversed data_offsets {offsets!r}")
+    if not 0 <= offsets[0] <= offsets[1] <= data_size:
+        raise fail(f"tensor {name!r} has data_offsets {offsets!r} outside the file")
+    nbytes = offsets[1] - offsets[0]
+    expected = math.prod(shape) * DTYPES[dtype][0]
+    if nbytes != expected:
+        raise fail(f"tensor {name!r}: {dtype} x {shape} needs {expected} bytes, has {nbytes}")
+    return TensorInfo(name, path, dtype, tuple(shape), data_start + offsets[0], nbytes)
+
+
+def count_nonfinite(block: np.ndarray | bytes | bytearray | memoryview, dtype: str) -> int:
+    """How many NaN/Inf values a block of raw ``dtype`` data (BF16, F16 or F32) holds."""
+    if dtype == "BF16":
+        bits = np.frombuffer(block, dtype="<u2") if not isinstance(block, np.ndarray) else block
+        return int(np.count_nonzero((bits & 0x7F80) == 0x7F80))
+    if dtype not in ("F16", "F32"):
+        return 0
+    values = np.frombuffer(block, dtype=DTYPES[dtype][1]) if not isinstance(block, np.ndarray) else block
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 class SafetensorsFile:
     """One ``.safetensors`` file, header validated on open, data mapped read-only."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.tensors: dict[str, TensorInfo] = {}
-        self.metadata: dict[str, str] = {}
         try:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as exc:
             raise TliteError(self.path, f"cannot open: {exc.strerror}") from exc
-        self._size = os.fstat(self._fh.fileno()).st_size
-        self._parse_header()
-        self._map: mmap.mmap | None = None
-
-    def _fail(self, message: str) -> TliteError:
-        self._fh.close()
-        return TliteError(self.path, f"corrupt safetensors header: {message}")
-
-    def _parse_header(self) -> None:
-        if self._size < 8:
-            raise self._fail("file shorter than the 8-byte header length")
-        (hlen,) = struct.unpack("<Q", self._fh.read(8))
-        if hlen > MAX_HEADER_BYTES:
-            raise self._fail(f"header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte limit")
-        if 8 + hlen > self._size:
-            raise self._fail(f"header length {hlen} runs past the end of the file")
         try:
-            header = json.loads(self._fh.read(hlen).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(f"header is not valid JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise self._fail("header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
-        if not isinstance(meta, dict):
-            raise self._fail("__metadata__ is not an object")
-        self.metadata = {str(k): str(v) for k, v in meta.items()}
-        data_start = 8 + hlen
-        data_size = self._size - data_start
-        spans: list[tuple[int, int, str]] = []
-        for name, entry in header.items():
-            info = self._tensor_entry(name, entry, data_start, data_size)
-            self.tensors[name] = info
-            spans.append((info.offset, info.offset + info.nbytes, name))
-        spans.sort()
-        for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
-            if start_b < end_a:
-                raise self._fail(f"tensors {name_a!r} and {name_b!r} overlap")
-
-    def _tensor_entry(self, name: str, entry: object, data_start: int, data_size: int) -> TensorInfo:
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise self._fail(f"tensor {name!r} lacks dtype, shape or data_offsets")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise self._fail(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise self._fail(f"tensor {name!r} has an invalid shape {shape!r}")
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= data_size
-        ):
-            raise self._fail(f"tensor {name!r} has data_offsets {offsets!r} outside the file")
-        nbytes = offsets[1] - offsets[0]
-        expected = math.prod(shape) * DTYPES[dtype][0]
-        if nbytes != expected:
-            raise self._fail(f"tensor {name!r}: {dtype} x {shape} needs {expected} bytes, has {nbytes}")
-        return TensorInfo(name, self.path, dtype, tuple(shape), data_start + offsets[0], nbytes)
+            self.tensors, self.metadata = parse_header(
+                self._fh.read, os.fstat(self._fh.fileno()).st_size, self.path
+            )
+        except BaseException:
+            self._fh.close()
+            raise
+        self._map: mmap.mmap | None = None
 
     @property
     def file(self) -> BinaryIO:

@@ -26,6 +26,9 @@ PRE_TOKENIZERS: dict[str, str] = {
 }
 # Pre-tokenizers of model families that are always trained with BOS at the start.
 ALWAYS_BOS = frozenset({"llama-bpe"})
+# Embedding rows past the tokenizer's vocabulary become [PAD] tokens (common: rows padded to a
+# multiple of 64 or 128); a tokenizer covering less than this share of the rows is the wrong one.
+MIN_VOCAB_COVER = 0.9
 # End-of-turn tokens, first found wins: Llama-3, ChatML.
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>")
 
@@ -57,7 +60,11 @@ class Vocab:
 def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
     """Name the llama.cpp pre-tokenizer from the tokenizer.json's own split regex."""
     pre = tok.get("pre_tokenizer") or {}
+    if not isinstance(pre, dict):
+        raise TliteError(path, "pre_tokenizer is not an object")
     stages = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if not isinstance(stages, list):
+        raise TliteError(path, "pre_tokenizer pretokenizers is not a list")
     patterns = []
     for stage in stages:
         if not isinstance(stage, dict):
@@ -81,6 +88,14 @@ def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
         f"unknown pre-tokenizer {(key or str(pre.get('type')))[:80]!r}; "
         "supported: Llama-3 (llama-bpe), GPT-2, SmolLM",
     )
+
+
+def _merge(merge: Any, path: Path) -> str:
+    if isinstance(merge, str):
+        return merge
+    if isinstance(merge, list) and len(merge) == 2 and all(isinstance(m, str) for m in merge):
+        return " ".join(merge)
+    raise TliteError(path, f"invalid merge {str(merge)[:40]!r}")
 
 
 def _token_text(value: Any) -> str | None:
@@ -108,7 +123,7 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     tok = read_json(path)
     tcfg = read_json(folder / "tokenizer_config.json", required=False)
     gen = read_json(folder / "generation_config.json", required=False)
-    model = tok.get("model") or {}
+    model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise TliteError(
             path, f"tokenizer model {model.get('type')!r} is not supported (byte-level BPE only)"
@@ -118,20 +133,30 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     tokens: list[str | None] = [None] * vocab_size
     types = [NORMAL] * vocab_size
     for text, idx in model["vocab"].items():
-        if not 0 <= idx < vocab_size:
-            raise TliteError(path, f"token id {idx} outside vocab_size {vocab_size} from config.json")
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < vocab_size:
+            raise TliteError(path, f"token id {idx!r} outside vocab_size {vocab_size} from config.json")
         tokens[idx] = text
-    for added in tok.get("added_tokens", []):
-        idx = added["id"]
-        if not 0 <= idx < vocab_size:
-            raise TliteError(path, f"added token id {idx} outside vocab_size {vocab_size} from config.json")
+    added_tokens = tok.get("added_tokens") or []
+    if not isinstance(added_tokens, list):
+        raise TliteError(path, "added_tokens is not a list")
+    for added in added_tokens:
+        idx = added.get("id") if isinstance(added, dict) else None
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < vocab_size:
+            raise TliteError(path, f"added token id {idx!r} outside vocab_size {vocab_size} from config.json")
+        if not isinstance(added.get("content"), str):
+            raise TliteError(path, f"added token {idx} has no content string")
         tokens[idx] = added["content"]
         types[idx] = CONTROL if added.get("special") else USER_DEFINED
+    defined = vocab_size - tokens.count(None)
+    if defined < vocab_size * MIN_VOCAB_COVER:
+        raise TliteError(
+            path, f"vocabulary of {defined} tokens is far smaller than the {vocab_size} embedding rows"
+        )
     for idx, text in enumerate(tokens):
         if text is None:
             tokens[idx] = f"[PAD{idx}]"
             types[idx] = UNUSED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    merges = [_merge(m, path) for m in model.get("merges") or []]
 
     vocab = Vocab(path, pre, tokens, types, merges, None, -1, None, None, _chat_template(folder, tcfg))
     vocab.bos_id = vocab.id_of(_token_text(tcfg.get("bos_token")) or "<|begin_of_text|>")

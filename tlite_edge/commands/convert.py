@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for fix in result.fixes:
         console.print(f"[yellow]fixed[/]: {fix}")
+    for warning in result.warnings:
+        print(f"tlite-edge convert: warning: {warning}", file=sys.stderr)
     console.print(
         f"[green]wrote[/] {result.path} ({result.size / 2**20:,.1f} MiB, {result.n_tensors} tensors)"
     )

@@ -14,6 +14,7 @@ from gguf import quants
 
 from tlite_edge.chat_template import resolve_chat_template
 from tlite_edge.checkpoint.hfconfig import load_config
+from tlite_edge.checkpoint.safetensors import count_nonfinite
 from tlite_edge.checkpoint.shards import Checkpoint
 from tlite_edge.checkpoint.tokenizer import load_vocab
 from tlite_edge.fsutil import atomic_output, write_sha256_sidecar
@@ -33,6 +34,7 @@ class ConvertResult:
     n_tensors: int
     outtype: str
     fixes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def to_f32(block: np.ndarray, dtype: str) -> np.ndarray:
@@ -49,26 +51,35 @@ def encode_block(block: np.ndarray, dtype: str, qtype: QT) -> np.ndarray:
     return quants.quantize(to_f32(block, dtype), qtype)
 
 
-def write_tensor(sink: HashingSink, ckpt: Checkpoint, plan: TensorPlan, head_dim: int) -> None:
+def write_tensor(sink: HashingSink, ckpt: Checkpoint, plan: TensorPlan, head_dim: int) -> int:
+    """Stream one tensor into ``sink``; return how many NaN/Inf values its source holds."""
     info = ckpt.tensors[plan.src]
     shard = ckpt.shard_of(plan.src)
+    bad = [0]
+
+    def check(block: np.ndarray | bytearray) -> None:
+        bad[0] += count_nonfinite(block, info.dtype)
+
     if plan.permute_heads is None and SOURCE_QTYPE[info.dtype] == plan.qtype:
-        sink.copy_from(shard.file, info.offset, info.nbytes)
-        return
+        sink.copy_from(shard.file, info.offset, info.nbytes, check)
+        return bad[0]
     arr = shard.array(plan.src)
     if arr.ndim == 1:
+        check(arr)
         sink.write(encode_block(arr, info.dtype, plan.qtype))
         shard.release(plan.src)
-        return
+        return bad[0]
     unit = head_dim if plan.permute_heads else 1
     step = max(unit, COPY_CHUNK // (arr.shape[1] * 4) // unit * unit)
     for start in range(0, arr.shape[0], step):
         block = arr[start : start + step]
+        check(block)
         if plan.permute_heads:
             block = permute_rows(block, head_dim)
         sink.write(encode_block(block, info.dtype, plan.qtype))
         shard.release(plan.src)
     del arr
+    return bad[0]
 
 
 def output_path(name: str, outtype: str, outfile: Path | None, out_dir: Path | None) -> Path:
@@ -107,6 +118,7 @@ def convert(
             layout.add_tensor(plan.dst, plan.shape, plan.qtype)
         target = output_path(names.name, outtype, outfile, out_dir)
         head = layout.header()
+        warnings: list[str] = []
         total = len(head) + layout.data_size()
         with progress(f"convert {target.name}", total) as advance, atomic_output(target) as fh:
             sink = HashingSink(fh)
@@ -116,11 +128,12 @@ def convert(
                     sink.pad()
                 for plan in plans:
                     before = sink.written
-                    write_tensor(sink, ckpt, plan, cfg.head_dim)
+                    if bad := write_tensor(sink, ckpt, plan, cfg.head_dim):
+                        warnings.append(f"tensor {plan.src} holds {bad} NaN/Inf values (copied as they are)")
                     sink.pad()
                     advance(sink.written - before)
                 digest = sink.hexdigest()
             finally:
                 sink.abort()
     write_sha256_sidecar(target, digest)
-    return ConvertResult(target, digest, total, len(layout.tensors), outtype, vocab.fixes)
+    return ConvertResult(target, digest, total, len(layout.tensors), outtype, vocab.fixes, warnings)

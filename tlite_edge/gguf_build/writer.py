@@ -11,6 +11,7 @@ import math
 import queue
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -117,13 +118,17 @@ class HashingSink:
         self.written += view.nbytes
         self._queue.put(view)
 
-    def copy_from(self, src: BinaryIO, offset: int, nbytes: int) -> None:
-        """Copy a byte range of another file, through fresh bounded buffers."""
+    def copy_from(
+        self, src: BinaryIO, offset: int, nbytes: int, check: Callable[[bytearray], None] | None = None
+    ) -> None:
+        """Copy a byte range of another file, through fresh bounded buffers (each shown to ``check``)."""
         src.seek(offset)
         while nbytes > 0:
             buf = bytearray(min(COPY_CHUNK, nbytes))
             if src.readinto(buf) != len(buf):
                 raise EOFError(f"{getattr(src, 'name', 'source')}: file ended early")
+            if check is not None:
+                check(buf)
             self.write(buf)
             nbytes -= len(buf)
 

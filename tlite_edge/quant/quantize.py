@@ -3,10 +3,12 @@ importance matrix passed through llama-cpp-python's C structs; progress from lla
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
 import re
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from tlite_edge.quant.profiles import Profile
 TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 SIZE_LINE = re.compile(r"(model|quant) size\s*=\s*([\d.]+) MiB \(([\d.]+) BPW\)")
 ERROR_LINE = re.compile(r"failed to quantize: (.*)")
+# What llama.cpp's failed writes look like (std::ofstream exceptions, C stdio errors).
+WRITE_ERROR = re.compile(r"iostream error|failed to write|write error|No space left|File too large", re.I)
 
 
 @dataclass
@@ -127,10 +131,21 @@ def quantize(
     params, keep = build_params(profile, imatrix, threads or os.cpu_count() or 1, dry_run=False)
     tmp = temp_path(dst)
     try:
-        sizes, _ = _run(src, tmp, params, advance)
+        try:
+            sizes, _ = _run(src, tmp, params, advance)
+        except TliteError as exc:
+            if not WRITE_ERROR.search(exc.message):
+                raise
+            free = shutil.disk_usage(dst.parent).free / 2**20
+            raise TliteError(
+                dst, f"disk full or write error: llama.cpp could not write the output ({free:,.0f} MiB free)"
+            ) from None
         digest = hash_and_publish(tmp, dst)
     except OSError as exc:
         raise TliteError(dst, describe_os_error(exc)) from exc
+    except KeyboardInterrupt:  # llama.cpp's thread may still create the file until the process ends
+        atexit.register(tmp.unlink, missing_ok=True)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

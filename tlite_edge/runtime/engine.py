@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from tlite_edge.chat_template import check_size, template_failure, time_limit
 from tlite_edge.errors import TliteError
 from tlite_edge.gguf_info import GGUFHeader, read_header
 from tlite_edge.memory import ram_needed
@@ -217,6 +219,8 @@ class Engine:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise TliteError(path, f"llama.cpp could not load the model ({exc})") from None
+        except jinja2.TemplateError as exc:  # llama-cpp-python compiles the GGUF's template on load
+            raise TliteError(path, f"chat template does not compile ({template_failure(exc)})") from None
         settings = EngineSettings(
             path=str(path),
             architecture=str(meta["general.architecture"]),
@@ -232,7 +236,11 @@ class Engine:
             memory_kind=kind,
             warnings=warnings,
         )
-        return cls(llm, settings, meta, hw)
+        try:
+            return cls(llm, settings, meta, hw)
+        except jinja2.TemplateError as exc:
+            llm.close()
+            raise TliteError(path, f"chat template does not compile ({template_failure(exc)})") from None
 
     def chat(self, system: str | None = None, sampling: Sampling | None = None) -> Chat:
         """A new conversation on this engine (conversations share the KV cache by prefix)."""
@@ -276,8 +284,16 @@ class Engine:
     # ---- prompts -------------------------------------------------------------------------------
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text the GGUF's template makes (as llama-cpp-python renders it)."""
-        return self.formatter(messages=list(messages)).prompt
+        """The prompt text the GGUF's template makes (as llama-cpp-python renders it), bounded in time
+        and output; a template that fails or runs away is one clear error."""
+        try:
+            with time_limit():
+                prompt = self.formatter(messages=list(messages)).prompt
+            check_size(prompt)
+        except Exception as exc:
+            why = template_failure(exc)
+            raise TliteError(self.settings.path, f"chat template does not render ({why})") from None
+        return prompt
 
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         """Prompt ids: template markers as control tokens, message contents as plain text, BOS once.

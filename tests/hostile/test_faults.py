@@ -1,0 +1,133 @@
+"""Faults during convert and quantize: SIGINT/SIGTERM/SIGKILL mid-write and a full disk never leave a
+file under the final name; temporary files go away (after SIGKILL: on the next run); a rerun succeeds."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import STANDIN_NAME
+from hostile_kit import leftovers, run_bounded
+
+from tlite_edge.fsutil import sha256_file
+
+BF16_NAME = f"{STANDIN_NAME}-BF16.gguf"
+Q8_NAME = f"{STANDIN_NAME}-Q8_0.gguf"
+
+
+def command(verb: str, standin_dir: Path, bf16_gguf: Path, out: Path) -> tuple[list[str], str]:
+    """argv and the final file name of one convert or quantize run into ``out``."""
+    if verb == "convert":
+        return ["convert", str(standin_dir), "--out-dir", str(out)], BF16_NAME
+    return ["quantize", str(bf16_gguf), "-q", "q8_0", "--out-dir", str(out)], Q8_NAME
+
+
+def interrupt_mid_write(
+    argv: list[str], out: Path, sig: signal.Signals, rng: random.Random
+) -> tuple[int, str, bool]:
+    """Start the CLI, wait until its temporary output exists, signal it after a random delay.
+    Returns (exit code, stderr, whether the signal landed while the temporary file existed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlite_edge", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUTF8": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not leftovers(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.6))
+    landed = bool(leftovers(out)) and proc.poll() is None
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, landed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize("verb", ["convert", "quantize"])
+def test_interrupted_mid_write(
+    verb: str, sig: signal.Signals, standin_dir: Path, bf16_gguf: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(f"{verb}{sig}")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv, final = command(verb, standin_dir, bf16_gguf, out)
+    tries = 0
+    while True:  # until the signal lands while the output is being written (usually the first try)
+        tries += 1
+        code, err, landed = interrupt_mid_write(argv, out, sig, rng)
+        assert not (out / final).exists(), f"{final} exists after {sig.name}"
+        if sig == signal.SIGKILL:
+            assert code == -signal.SIGKILL
+        elif landed:
+            assert code == 130, err
+            assert err.strip().splitlines() == [f"tlite-edge {verb}: interrupted"], err
+            assert leftovers(out) == [], "temporary file left after a clean interrupt"
+        if landed or tries == 8:
+            break
+        for p in out.iterdir():
+            p.unlink()
+    assert landed, f"{sig.name} never landed mid-write in {tries} tries"
+    print(f"{verb} {sig.name}: landed mid-write after {tries} tries")
+    rerun = run_bounded(*argv)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / final).is_file()
+    sidecar = (out / f"{final}.sha256").read_text().split()[0]
+    assert sidecar == sha256_file(out / final)
+    assert leftovers(out) == [], "stale temporary files of the killed run were not swept"
+
+
+def _fsize_limit(nbytes: int) -> callable:
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG, like ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return limit
+
+
+def assert_disk_full(result, out: Path, final: str) -> None:  # noqa: ANN001
+    assert result.returncode == 2, result.stderr
+    assert len(result.lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "disk full" in result.lines[0] and final in result.lines[0], result.lines[0]
+    assert list(out.iterdir()) == [], sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.parametrize("limit", [4096, 40 * 2**20], ids=["in-header", "in-data"])
+@pytest.mark.parametrize("verb", ["convert", "quantize"])
+def test_file_size_limit(verb: str, limit: int, standin_dir: Path, bf16_gguf: Path, tmp_path: Path) -> None:
+    """A real failed write from the OS (RLIMIT_FSIZE: EFBIG), at the start and in the middle."""
+    out = tmp_path / "out"
+    out.mkdir()
+    argv, final = command(verb, standin_dir, bf16_gguf, out)
+    assert_disk_full(run_bounded(*argv, preexec=_fsize_limit(limit)), out, final)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):  # noqa: ANN201
+    """A 24 MiB tmpfs (a genuinely full disk: ENOSPC); skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; RLIMIT_FSIZE covers the same path")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("verb", ["convert", "quantize"])
+def test_no_space_left(verb: str, standin_dir: Path, bf16_gguf: Path, small_fs: Path) -> None:
+    argv, final = command(verb, standin_dir, bf16_gguf, small_fs)
+    result = run_bounded(*argv)
+    assert_disk_full(result, small_fs, final)
