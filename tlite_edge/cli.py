@@ -11,7 +11,7 @@ from tlite_edge import __version__
 from tlite_edge.errors import TliteError
 
 # verb -> module under tlite_edge.commands
-VERBS = ("convert", "quantize", "imatrix", "inspect", "run", "doctor", "demo")
+VERBS = ("convert", "quantize", "imatrix", "inspect", "run", "doctor", "demo", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
