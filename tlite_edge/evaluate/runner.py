@@ -71,7 +71,7 @@ class Chunks:
     """Token chunks of one text and where scoring starts in each."""
 
     chunks: list[list[int]]
-    text_tokens: int  # tokens in the whole text
+    text_tokens: int  # tokens read (a prefix of the text when the number of chunks is limited)
     ctx: int
 
     @property
@@ -132,8 +132,8 @@ class LogitsModel:
 
     def chunks(self, text: str, n_chunks: int | None, source: Path) -> Chunks:
         """Tokenize ``text`` as plain text and cut it into chunks of ``ctx`` tokens."""
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         per = self.ctx - 1 if self.add_bos else self.ctx
+        ids = self._tokens(text, None if n_chunks is None else n_chunks * per)
         available = len(ids) // per
         if available == 0:
             raise TliteError(
@@ -142,6 +142,17 @@ class LogitsModel:
         n = available if n_chunks is None else min(n_chunks, available)
         head = [self.bos] if self.add_bos else []
         return Chunks([head + ids[i * per : (i + 1) * per] for i in range(n)], len(ids), self.ctx)
+
+    def _tokens(self, text: str, needed: int | None) -> list[int]:
+        """Plain-text ids of ``text``, or of a prefix (cut at a line end) holding ``needed`` tokens."""
+        size = len(text) if needed is None else needed * 8
+        while True:
+            cut = text.rfind("\n", 0, size) if size < len(text) else -1
+            part = text[:cut] if cut > 0 else text
+            ids = self.llm.tokenize(part.encode("utf-8"), add_bos=False, special=False)
+            if part is text or len(ids) > needed + 1:  # type: ignore[operator]
+                return ids
+            size *= 2
 
     def scored_logits(self, chunk: list[int], first: int) -> np.ndarray:
         """Decode ``chunk`` from an empty cache; logits [len-1-first, vocab] of positions first..len-2."""
