@@ -146,6 +146,14 @@ def write_md(args: argparse.Namespace, report: dict, by_key: dict[tuple[str, str
             f"{b['kld_mean']:.4f} | {b['kld_p99']:.3f} | "
             f"{_cell(a, 'top1', '.1f')} → {b['top1'] * 100:.1f} % |"
         )
+    if "IQ2_M" not in args.levels.split(","):
+        body += [
+            "",
+            "IQ2_M is not in this table: llama-cpp-python 0.3.36's quantizer stops on SmolLM2 at that level "
+            "(`ggml_validate_row_data: invalid size 9396 for type q4_K`, from the fallback types it picks "
+            "for "
+            "576-wide rows); T-lite's rows are multiples of 256.",
+        ]
     if args.chart:
         body += ["", f"![KLD vs file size]({args.chart.relative_to(args.update_md.parent)})"]
     replace_section(args.update_md, SECTION, body)
