@@ -32,6 +32,6 @@ def replace_section(md_path: Path, title: str, body: list[str]) -> None:
     """Replace (or append) the ``## title`` section of a markdown file, with the command that made it."""
     md = md_path.read_text(encoding="utf-8") if md_path.exists() else "# Benchmarks\n"
     text = "\n".join([title, "", *body, "", "```sh", "python " + shlex.join(sys.argv), "```", ""])
-    pattern = re.compile(re.escape(title) + r".*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(r"^" + re.escape(title) + r"$.*?(?=\n## |\Z)", re.S | re.M)  # a whole heading line
     md = pattern.sub(lambda m: text, md) if pattern.search(md) else md.rstrip() + "\n\n" + text
     md_path.write_text(md, encoding="utf-8")
