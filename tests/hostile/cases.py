@@ -14,9 +14,47 @@ from hostile_kit import Area, Builder
 
 __all__ = ["CASES", "Area"]
 
+
+def _nothing(a: Area) -> None:
+    """The model is good; the command line is what is hostile."""
+
+
+BAD_NAME = r"bad [\w ]*(name|publisher): .*no path separators"
+# export: hostile names (path separators, '..', absolute paths, hidden) and a missing app folder. A
+# read-only app folder cannot be staged when the tests run as root (root writes anyway): the
+# read-only case is covered by tests/test_export.py where it can run.
+EXPORT_CASES: dict[str, tuple[Builder, tuple[str, ...], str, str]] = {
+    f"export-{app}-{label}": (
+        _nothing,
+        ("export", "{model}", "--to", app, "--dir", "{out}", "--name", name),
+        name,
+        BAD_NAME,
+    )
+    for app, label, name in (
+        ("lmstudio", "slash", "evil/name"),
+        ("lmstudio", "dotdot", ".."),
+        ("jan", "dotdot-path", "../../etc"),
+        ("jan", "absolute", "/etc/cron.d/x"),
+        ("gpt4all", "backslash", "..\\evil"),
+        ("gpt4all", "hidden", ".hidden"),
+        ("ollama", "slash", "a/../../b"),
+    )
+}
+EXPORT_CASES["export-lmstudio-publisher"] = (
+    _nothing,
+    ("export", "{model}", "--to", "lmstudio", "--dir", "{out}", "--publisher", "../up"),
+    "../up",
+    BAD_NAME,
+)
+EXPORT_CASES["export-jan-missing-folder"] = (
+    _nothing,
+    ("export", "{model}", "--to", "jan", "--dir", "{out}/no-such-app"),
+    "{out}/no-such-app",
+    r"not found",
+)
+
 CASES: dict[str, tuple[Builder, tuple[str, ...], str, str]] = {
     **CHECKPOINT_CASES,
     **GGUF_CASES,
-    # export: names with '/', '..', absolute paths; read-only target folders -- cases go here once
-    # the export verb lands (same shape: builder, command, culprit, message).
+    **EXPORT_CASES,
 }

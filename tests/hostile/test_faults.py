@@ -40,6 +40,9 @@ def interrupt_mid_write(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUTF8": "1"},
+        # a shell that starts us in the background (CI) ignores SIGINT, and children inherit that:
+        # give the CLI the default disposition a terminal user's Ctrl-C meets
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not leftovers(out) and proc.poll() is None and time.monotonic() < deadline:

@@ -147,12 +147,16 @@ def _turns(engine: Engine, cfg: BenchConfig, step: Callable[[str], None]) -> dic
             ttft[k].append(reply.stats.time_to_first_token)
             evaluated[k] = reply.stats.evaluated_tokens
     first, last = _median(ttft[0]), _median(ttft[-1])
+    # "For the same number of new tokens": when the template trims a reply that began with whitespace,
+    # the next turn evaluates that reply again, so the ratio is scaled to equal evaluated tokens.
+    scale = evaluated[0] / evaluated[-1] if evaluated[-1] > 0 else 1.0
     return {
         "turns": [
             {"turn": k + 1, "ttft_s": _median(t), "evaluated_tokens": e}
             for k, (t, e) in enumerate(zip(ttft, evaluated, strict=True))
         ],
-        "ttft_last_vs_first_turn": last / first if first > 0 else math.nan,
+        "ttft_last_vs_first_turn": last / first * scale if first > 0 else math.nan,
+        "ttft_last_vs_first_turn_raw": last / first if first > 0 else math.nan,
     }
 
 
