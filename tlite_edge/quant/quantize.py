@@ -101,6 +101,20 @@ def _run(src: Path, dst: Path, params: object, advance: Callable[[int, int, str]
     return sizes, ""
 
 
+def _block_name(tmp: Path) -> None:
+    """After an interrupt llama.cpp's thread may still open ``tmp`` for writing until the process ends:
+    a directory under that name makes the open fail (so no file can appear), removed at exit."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+        tmp.mkdir()
+        atexit.register(_remove_dir, tmp)
+
+
+def _remove_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def estimate(src: Path, profile: Profile, imatrix: dict[str, np.ndarray] | None = None) -> QuantResult:
     """Exact output size and bits per weight from llama.cpp's dry run (nothing is written)."""
     params, keep = build_params(profile, imatrix, 1, dry_run=True)
@@ -143,12 +157,13 @@ def quantize(
         digest = hash_and_publish(tmp, dst)
     except OSError as exc:
         raise TliteError(dst, describe_os_error(exc)) from exc
-    except KeyboardInterrupt:  # llama.cpp's thread may still create the file until the process ends
-        atexit.register(tmp.unlink, missing_ok=True)
+    except KeyboardInterrupt:
+        _block_name(tmp)
         raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if not tmp.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         del keep
     write_sha256_sidecar(dst, digest)
     mib, bpw = sizes.get("quant", (dst.stat().st_size / 2**20, 0.0))
