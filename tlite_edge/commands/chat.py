@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlite_edge.commands.run import _check, _seed
+from tlite_edge.commands.run import _check, _seed, add_session_arguments
 from tlite_edge.errors import TliteError
 
 if TYPE_CHECKING:
@@ -23,13 +23,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with a GGUF model in the terminal", description=__doc__)
     p.add_argument("model", type=Path, help="GGUF file")
-    p.add_argument("--system", help="system message")
-    p.add_argument("--temp", type=float, help="temperature (0 = greedy; default from the GGUF or 0.6)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling (default from the GGUF or 0.9)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
-    p.add_argument("--max-tokens", type=int, help="longest reply in tokens (default 1024)")
-    p.add_argument("--ctx", type=int, help="context length (default: the model's, reduced if RAM is short)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    add_session_arguments(p)
     p.add_argument("--verbose", action="store_true", help="a speed line after each reply (/stats toggles)")
     p.set_defaults(func=run)
 

@@ -22,6 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="answer one prompt with a GGUF model", description=__doc__)
     p.add_argument("model", type=Path, help="GGUF file")
     p.add_argument("prompt", help="the user message")
+    add_session_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.set_defaults(func=run)
+
+
+def add_session_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by run and chat: system message, sampling, context and threads."""
     p.add_argument("--system", help="system message")
     p.add_argument("--temp", type=float, help="temperature (0 = greedy; default from the GGUF or 0.6)")
     p.add_argument("--top-p", type=float, help="nucleus sampling (default from the GGUF or 0.9)")
@@ -29,8 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, help="longest reply in tokens (default 1024)")
     p.add_argument("--ctx", type=int, help="context length (default: the model's, reduced if RAM is short)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
-    p.set_defaults(func=run)
 
 
 def _check(args: argparse.Namespace) -> None:
