@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from tlite_edge.gguf_info import read_header
@@ -64,16 +71,21 @@ def quantize_levels(src: Path, args: argparse.Namespace, console: Console) -> li
     return results
 
 
-def _quantize_one(
-    src: Path, profile: Profile, dst: Path, imatrix: object, args: argparse.Namespace, console: Console
-) -> QuantResult:
-    columns = (
+def tensor_columns() -> tuple[ProgressColumn, ...]:
+    """Progress columns for a per-tensor quantization bar (quantize and release)."""
+    return (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[tensor]}"),
         TimeElapsedColumn(),
     )
+
+
+def _quantize_one(
+    src: Path, profile: Profile, dst: Path, imatrix: object, args: argparse.Namespace, console: Console
+) -> QuantResult:
+    columns = tensor_columns()
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(profile.name, total=None, tensor="")
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
+from tlite_edge.commands.quantize import tensor_columns
 from tlite_edge.ship.card import UPSTREAM
 from tlite_edge.ship.release import ReleaseOptions, build_release, check_repo, push
 from tlite_edge.source import DEFAULT_SOURCE, REPO_ID
@@ -65,13 +66,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         revision=args.revision,
     )
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tensor]}"),
-        TimeElapsedColumn(),
-    )
+    columns = tensor_columns()
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         tasks: dict[str, int] = {}
 
