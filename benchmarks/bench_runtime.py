@@ -31,7 +31,8 @@ def section(r: dict[str, Any]) -> list[str]:
     lines = [
         stamp(),
         f"Model `{Path(r['model']).name}`, {r['threads']} threads, context {r['n_ctx']}, "
-        f"GPU layers {r['gpu_layers']}, medians of {cfg['reps']} runs.",
+        f"GPU layers {r['gpu_layers']}, medians of {cfg['reps']} runs"
+        + (", ours and bare alternating (ABBA), both loaded on one mmap." if r.get("interleaved") else "."),
         "",
         "| | tlite-edge | bare llama.cpp | ours / bare |",
         "|---|---:|---:|---:|",
@@ -45,7 +46,8 @@ def section(r: dict[str, Any]) -> list[str]:
         "",
         f"Read bandwidth {bw['read_bytes_per_s'] / 1e9:.2f} GB/s ({r['threads']} threads, numpy sweep over "
         f"{cfg['bandwidth_mib']} MiB); weights read per token "
-        f"{bw['weight_bytes_per_token'] / 2**20:.1f} MiB; bound {bw['tg_bound_tok_s']:.2f} tok/s.",
+        f"{bw['weight_bytes_per_token'] / 2**20:.1f} MiB; bound {bw['tg_bound_tok_s']:.2f} tok/s "
+        f"(bare llama.cpp reaches {bw['bare_tg_vs_bound']:.3f}× of it).",
         "",
         f"{cfg['turns']}-turn chat, {cfg['turn_tokens']} new user tokens and up to {cfg['turn_reply']} reply "
         "tokens per turn (KV cache reused):",

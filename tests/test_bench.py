@@ -57,6 +57,8 @@ def test_bench_json(result: dict[str, Any], looping: Path) -> None:
     assert bw["weight_bytes_per_token"] == weight_bytes_per_token(header)
     assert bw["read_bytes_per_s"] > 1e8
     assert bw["tg_bound_tok_s"] == pytest.approx(bw["read_bytes_per_s"] / bw["weight_bytes_per_token"])
+    assert bw["bare_tg_vs_bound"] == pytest.approx(bare["tg_tok_s"] / bw["tg_bound_tok_s"])
+    assert result["interleaved"] is (result["gpu_layers"] == 0)  # on CPU both stay loaded, runs alternate
 
 
 def test_bench_table(result: dict[str, Any]) -> None:

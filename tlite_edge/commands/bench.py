@@ -95,7 +95,8 @@ def render(r: dict[str, Any], console: Console) -> None:
          _x(r["ratios"]["tg_vs_bare"])),
         ("time to first token (s)", f"{ours['ttft_s']:.3f}", "", ""),
         ("peak RSS (GiB)", f"{ours['peak_rss_bytes'] / 2**30:.2f}", "", ""),
-        ("tg bound (tok/s)", f"{bw['tg_bound_tok_s']:.2f}", "", _x(r["ratios"]["tg_vs_bandwidth_bound"])),
+        ("tg bound (tok/s)", f"{bw['tg_bound_tok_s']:.2f}", "", ""),
+        ("tg / bound", _x(r["ratios"]["tg_vs_bandwidth_bound"]), _x(bw["bare_tg_vs_bound"]), ""),
     )  # fmt: skip
     for row in rows:
         speed.add_row(*row)

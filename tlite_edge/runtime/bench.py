@@ -109,25 +109,33 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
-def _ours(engine: Engine, text: str, cfg: BenchConfig, step: Callable[[str], None]) -> dict[str, Any]:
-    sampling = engine.sampling.with_(temp=0.0, repeat_penalty=1.0, max_tokens=cfg.tg)
-    engine.chat(sampling=sampling).send(text, max_tokens=4).result()  # warm-up: buffers for the batch size
-    runs = []
-    for rep in range(cfg.reps):
-        step(f"ours: pp{cfg.pp} + tg{cfg.tg}, run {rep + 1}/{cfg.reps}")
-        engine.llm.reset()  # a cold prompt: evaluate it all
-        reply = engine.chat(sampling=sampling).send(text)
-        reply.result()
-        runs.append((reply.prompt, reply.stats))
-    prompt, _ = runs[0]
+def _ours_run(engine: Engine, text: str, sampling: Any) -> tuple[list[int], Any]:
+    """One cold pp + tg run through ``Chat.send``: (prompt ids, reply stats)."""
+    engine.llm.reset()  # a cold prompt: evaluate it all
+    reply = engine.chat(sampling=sampling).send(text)
+    reply.result()
+    return reply.prompt, reply.stats
+
+
+def _ours_summary(runs: list[tuple[list[int], Any]]) -> dict[str, Any]:
+    stats = [s for _, s in runs]
     return {
-        "prompt": prompt,
-        "pp_tokens": len(prompt),
-        "evaluated_tokens": min(s.evaluated_tokens for _, s in runs),
-        "tg_tokens": min(s.decoded_tokens for _, s in runs),
-        "pp_tok_s": _median([s.prompt_tokens / s.time_to_first_token for _, s in runs]),
-        "tg_tok_s": _median([s.generation_tokens_per_s for _, s in runs]),
-        "ttft_s": _median([s.time_to_first_token for _, s in runs]),
+        "pp_tokens": len(runs[0][0]),
+        "evaluated_tokens": min(s.evaluated_tokens for s in stats),
+        "tg_tokens": min(s.decoded_tokens for s in stats),
+        "pp_tok_s": _median([s.prompt_tokens / s.time_to_first_token for s in stats]),
+        "tg_tok_s": _median([s.generation_tokens_per_s for s in stats]),
+        "ttft_s": _median([s.time_to_first_token for s in stats]),
+    }
+
+
+def _bare_summary(bare: BareLlama, runs: list[Any]) -> dict[str, Any]:
+    return {
+        "load_s": bare.load_seconds,
+        "pp_tokens": runs[0].prompt_tokens,
+        "tg_tokens": min(r.generated_tokens for r in runs),
+        "pp_tok_s": _median([r.pp_tok_s for r in runs]),
+        "tg_tok_s": _median([r.tg_tok_s for r in runs]),
     }
 
 
@@ -161,38 +169,52 @@ def _turns(engine: Engine, cfg: BenchConfig, step: Callable[[str], None]) -> dic
 
 
 def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -> dict[str, Any]:
-    """Every measurement of ``tlite-edge bench``, as one JSON-ready dict."""
+    """Every measurement of ``tlite-edge bench``, as one JSON-ready dict.
+
+    On CPU both engines stay loaded (the weights are one shared mmap) and their runs alternate in ABBA
+    order, so drift in the machine's speed cancels out of the ratios; with GPU offload they run one
+    after the other, one model in memory at a time."""
     header = check_model(path)
     step("ours: load")
     t0 = time.perf_counter()
     engine = Engine.load(path, ctx=cfg.ctx, threads=cfg.threads, seed=0)
     load_s = time.perf_counter() - t0
     text = pp_text(engine, cfg.pp)
-    ours = _ours(engine, text, cfg, step)
+    sampling = engine.sampling.with_(temp=0.0, repeat_penalty=1.0, max_tokens=cfg.tg)
+    engine.chat(sampling=sampling).send(text, max_tokens=4).result()  # warm-up: buffers for the batch size
     turns = _turns(engine, cfg, step)
-    ours.update(load_s=load_s, peak_rss_bytes=peak_rss())
+    rss = peak_rss()  # before the bare loop maps the weights a second time
     settings, llm = engine.settings, engine.llm
-    prompt = ours.pop("prompt")
-    n_gen = max(ours["tg_tokens"], 1)
     params = [type(p).from_buffer_copy(p) for p in (llm.model_params, llm.context_params)]
-    engine.close()  # one model in memory at a time
+    prompt = engine.chat().prompt_for(text)
+    interleave = settings.gpu_layers == 0
+    ours_runs: list[tuple[list[int], Any]] = []
+    if not interleave:
+        for rep in range(cfg.reps):
+            step(f"ours: pp{cfg.pp} + tg{cfg.tg}, run {rep + 1}/{cfg.reps}")
+            ours_runs.append(_ours_run(engine, text, sampling))
+        engine.close()
     step("bare llama.cpp: load")
     bare = BareLlama(path, *params)
+    bare_runs = []
     try:
         bare.run(prompt, 4)  # warm-up
-        runs = []
         for rep in range(cfg.reps):
-            step(f"bare llama.cpp: pp{len(prompt)} + tg{n_gen}, run {rep + 1}/{cfg.reps}")
-            runs.append(bare.run(prompt, n_gen))
-        bare_out = {
-            "load_s": bare.load_seconds,
-            "pp_tokens": len(prompt),
-            "tg_tokens": n_gen,
-            "pp_tok_s": _median([r.pp_tok_s for r in runs]),
-            "tg_tok_s": _median([r.tg_tok_s for r in runs]),
-        }
+            order = ("ours", "bare") if rep % 2 == 0 else ("bare", "ours")
+            for who in order if interleave else ("bare",):
+                step(f"{who}: pp{len(prompt)} + tg{cfg.tg}, run {rep + 1}/{cfg.reps}")
+                if who == "ours":
+                    ours_runs.append(_ours_run(engine, text, sampling))
+                else:
+                    n_gen = min(s.decoded_tokens for _, s in ours_runs) if ours_runs else cfg.tg
+                    bare_runs.append(bare.run(prompt, max(n_gen, 1)))
+        bare_out = _bare_summary(bare, bare_runs)
     finally:
         bare.close()
+        if interleave:
+            engine.close()
+    ours = _ours_summary(ours_runs)
+    ours.update(load_s=load_s, peak_rss_bytes=rss)
     step("memory bandwidth")
     bandwidth = read_bandwidth(cfg.bandwidth_mib * 2**20, settings.threads)
     per_token = weight_bytes_per_token(header)
@@ -208,6 +230,7 @@ def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -
         "threads": settings.threads,
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.gpu_layers,
+        "interleaved": interleave,
         "config": asdict(cfg),
         "ours": ours,
         "bare": bare_out,
@@ -216,6 +239,7 @@ def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -
             "read_bytes_per_s": bandwidth,
             "weight_bytes_per_token": per_token,
             "tg_bound_tok_s": bound,
+            "bare_tg_vs_bound": bare_out["tg_tok_s"] / bound,
         },
         "ratios": ratios,
         "targets": {k: _meets(ratios[k], *TARGETS[k]) for k in TARGETS},
