@@ -288,3 +288,19 @@ def test_cli_errors_one_line_no_output(f32_gguf: Path, tmp_path: Path) -> None:
         assert list(out.parent.iterdir()) == []
     proc = run_cli("imatrix", f32_gguf, "--text", good, "-o", tmp_path / "missing" / "x.gguf")
     assert proc.returncode == 2 and "output folder does not exist" in proc.stderr
+
+
+def test_log_after_an_interrupt_goes_nowhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After Ctrl-C the quantizer thread runs on until exit: its log must not print over our one line."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    missing = str(tmp_path / "missing.gguf").encode()
+    with pytest.raises(KeyboardInterrupt), capture_log(lambda level, line: None):
+        raise KeyboardInterrupt
+    try:
+        assert llama_cpp.llama_model_quantize(missing, missing, ctypes.byref(params)) != 0
+        assert capsys.readouterr().err == ""
+    finally:
+        with capture_log(lambda level, line: None):  # a clean exit restores llama-cpp-python's logger
+            pass
+    assert llama_cpp.llama_model_quantize(missing, missing, ctypes.byref(params)) != 0
+    assert "missing.gguf" in capsys.readouterr().err

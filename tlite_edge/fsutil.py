@@ -7,9 +7,11 @@ import errno
 import glob
 import hashlib
 import os
+import signal
 import socket
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -27,8 +29,9 @@ def describe_os_error(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
-    """Yield a binary file that appears at ``path`` only if the block finishes without error."""
+def atomic_output(path: str | Path, sidecar: Callable[[], str] | None = None) -> Iterator[BinaryIO]:
+    """Yield a binary file that appears at ``path`` only if the block finishes without error; with
+    ``sidecar`` (called at the end for the hex sha256) its ``.sha256`` file is published with it."""
     target = Path(path)
     if target.is_dir():
         raise TliteError(target, "output path is a directory")
@@ -40,7 +43,7 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
-        publish(tmp, target)
+        publish(tmp, target, sidecar() if sidecar else None)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise TliteError(target, describe_os_error(exc)) from exc
@@ -96,13 +99,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def publish(tmp: Path, target: Path) -> None:
-    """fsync ``tmp``, give it normal permissions and rename it to ``target`` (then fsync the folder)."""
+_holding = False
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them (a file and its sidecar are
+    published as one step). Nested, or off the main thread, the block just runs."""
+    global _holding
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: h for s, h in old.items() if h is not None}  # None: set outside Python, cannot restore
+    for sig in old:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    _holding = True
+    try:
+        yield
+    finally:
+        _holding = False
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
+def publish(tmp: Path, target: Path, digest: str | None = None) -> None:
+    """fsync ``tmp``; then, as one step that Ctrl-C and SIGTERM wait for, give it normal permissions,
+    rename it to ``target``, fsync the folder and (given ``digest``) write the ``.sha256`` sidecar."""
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    with interrupts_held():
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if digest:
+            write_sha256_sidecar(target, digest)
 
 
 def _umask() -> int:
@@ -135,12 +169,15 @@ def sha256_stream(fh: BinaryIO, chunk: int = 1 << 22) -> str:
 
 
 def hash_and_publish(tmp: Path, target: Path) -> str:
-    """sha256 ``tmp`` while it is fsynced and renamed to ``target`` (the hash reads the page cache on a
-    second thread, overlapping the disk flush); return the hex digest."""
+    """sha256 ``tmp`` while it is fsynced (the hash reads the page cache on a second thread, overlapping
+    the disk flush), then publish it at ``target`` with its sidecar; return the hex digest."""
     with open(tmp, "rb") as fh, ThreadPoolExecutor(1) as pool:
         digest = pool.submit(sha256_stream, fh)
-        publish(tmp, target)
-        return digest.result()
+        with open(tmp, "rb+") as out:
+            os.fsync(out.fileno())
+        hexdigest = digest.result()
+    publish(tmp, target, hexdigest)
+    return hexdigest
 
 
 def write_sha256_sidecar(path: str | Path, hexdigest: str | None = None) -> Path:

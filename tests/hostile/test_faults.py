@@ -16,6 +16,7 @@ import pytest
 from conftest import STANDIN_NAME
 from hostile_kit import leftovers, run_bounded
 
+from tlite_edge import fsutil
 from tlite_edge.fsutil import sha256_file
 
 BF16_NAME = f"{STANDIN_NAME}-BF16.gguf"
@@ -29,11 +30,9 @@ def command(verb: str, standin_dir: Path, bf16_gguf: Path, out: Path) -> tuple[l
     return ["quantize", str(bf16_gguf), "-q", "q8_0", "--out-dir", str(out)], Q8_NAME
 
 
-def interrupt_mid_write(
-    argv: list[str], out: Path, sig: signal.Signals, rng: random.Random
-) -> tuple[int, str, bool]:
-    """Start the CLI, wait until its temporary output exists, signal it after a random delay.
-    Returns (exit code, stderr, whether the signal landed while the temporary file existed)."""
+def interrupt_mid_write(argv: list[str], out: Path, sig: signal.Signals, delay: float) -> tuple[int, str]:
+    """Start the CLI, wait until its temporary output exists, signal it ``delay`` seconds later.
+    Returns (exit code, stderr)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlite_edge", *argv],
         stdout=subprocess.DEVNULL,
@@ -47,11 +46,10 @@ def interrupt_mid_write(
     deadline = time.monotonic() + 120
     while not leftovers(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.6))
-    landed = bool(leftovers(out)) and proc.poll() is None
+    time.sleep(delay)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    return proc.returncode, err, landed
+    return proc.returncode, err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
@@ -59,21 +57,31 @@ def interrupt_mid_write(
 def test_interrupted_mid_write(
     verb: str, sig: signal.Signals, standin_dir: Path, bf16_gguf: Path, tmp_path: Path
 ) -> None:
+    """A signal mid-write leaves nothing under the final name. One that races the end (the file is being
+    published, or the run is over) may leave the file, but only whole: with its sidecar, the bytes of a
+    clean run. Ctrl-C and SIGTERM always end in one line, exit 130, no temporary file."""
     rng = random.Random(f"{verb}{sig}")
     out = tmp_path / "out"
     out.mkdir()
     argv, final = command(verb, standin_dir, bf16_gguf, out)
+    raced: set[str] = set()  # sha256 of files a late signal left under the final name
     tries = 0
-    while True:  # until the signal lands while the output is being written (usually the first try)
+    while True:  # until the signal lands while the output is being written: shorter delays each try
         tries += 1
-        code, err, landed = interrupt_mid_write(argv, out, sig, rng)
-        assert not (out / final).exists(), f"{final} exists after {sig.name}"
+        code, err = interrupt_mid_write(argv, out, sig, rng.uniform(0.0, 0.6) / 2 ** (tries - 1))
+        published = (out / final).exists()
+        if published:
+            digest = sha256_file(out / final)
+            raced.add(digest)
+            if sig != signal.SIGKILL or code == 0:  # only SIGKILL can cut between the file and its sidecar
+                assert (out / f"{final}.sha256").read_text().split()[0] == digest
         if sig == signal.SIGKILL:
-            assert code == -signal.SIGKILL
-        elif landed:
+            assert code == -signal.SIGKILL or (published and code == 0), err
+        elif not (published and code in (0, -sig)):  # else the run was over: the signal met it exiting
             assert code == 130, err
             assert err.strip().splitlines() == [f"tlite-edge {verb}: interrupted"], err
             assert leftovers(out) == [], "temporary file left after a clean interrupt"
+        landed = not published
         if landed or tries == 8:
             break
         for p in out.iterdir():
@@ -85,7 +93,42 @@ def test_interrupted_mid_write(
     assert (out / final).is_file()
     sidecar = (out / f"{final}.sha256").read_text().split()[0]
     assert sidecar == sha256_file(out / final)
+    assert raced <= {sidecar}, "a signal during publishing left a file that differs from a clean run's"
     assert leftovers(out) == [], "stale temporary files of the killed run were not swept"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_signal_while_publishing_waits_for_the_sidecar(
+    sig: signal.Signals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM arriving just as the file is renamed into place is held until its sidecar is
+    written too, then delivered: the file is whole and verifiable, and the run still stops."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, signal.default_int_handler)
+    real_replace = os.replace
+    signalled: list[str] = []
+
+    def replace_under_signal(src: str, dst: str) -> None:
+        if not signalled:
+            signalled.append(str(dst))
+            os.kill(os.getpid(), sig)  # delivered to Python at once, unless held
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", replace_under_signal)
+    target = tmp_path / "model.gguf"
+    try:
+        with pytest.raises(KeyboardInterrupt), fsutil.atomic_output(target, lambda: "ab" * 32) as fh:
+            fh.write(b"GGUF whole")
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
+    assert signalled and target.read_bytes() == b"GGUF whole"
+    assert (tmp_path / "model.gguf.sha256").read_text() == f"{'ab' * 32}  model.gguf\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "model.gguf.sha256"]
+    assert signal.getsignal(signal.SIGTERM) is old[0] and signal.getsignal(signal.SIGINT) is old[1]
 
 
 def _fsize_limit(nbytes: int) -> callable:

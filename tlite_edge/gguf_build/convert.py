@@ -17,7 +17,7 @@ from tlite_edge.checkpoint.hfconfig import load_config
 from tlite_edge.checkpoint.safetensors import count_nonfinite
 from tlite_edge.checkpoint.shards import Checkpoint
 from tlite_edge.checkpoint.tokenizer import load_vocab
-from tlite_edge.fsutil import atomic_output, write_sha256_sidecar
+from tlite_edge.fsutil import atomic_output
 from tlite_edge.gguf_build import metadata
 from tlite_edge.gguf_build.tensor_map import OUTTYPES, TensorPlan, permute_rows, plan_tensors
 from tlite_edge.gguf_build.writer import COPY_CHUNK, GGUFLayout, HashingSink
@@ -120,7 +120,11 @@ def convert(
         head = layout.header()
         warnings: list[str] = []
         total = len(head) + layout.data_size()
-        with progress(f"convert {target.name}", total) as advance, atomic_output(target) as fh:
+        digest = ""  # set at the end of the block; the sidecar is published with the file, as one step
+        with (
+            progress(f"convert {target.name}", total) as advance,
+            atomic_output(target, lambda: digest) as fh,
+        ):
             sink = HashingSink(fh)
             try:
                 for part in [head] if rope_freqs is None else [head, rope_freqs]:
@@ -135,5 +139,4 @@ def convert(
                 digest = sink.hexdigest()
             finally:
                 sink.abort()
-    write_sha256_sidecar(target, digest)
     return ConvertResult(target, digest, total, len(layout.tensors), outtype, vocab.fixes, warnings)

@@ -10,9 +10,15 @@ import llama_cpp
 import llama_cpp._logger as lcpp_logger
 
 
+@llama_cpp.llama_log_callback
+def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Swallow log text (a quantizer thread left running after Ctrl-C must not write over our message)."""
+
+
 @contextlib.contextmanager
 def capture_log(on_line: Callable[[int, str], None]) -> Iterator[None]:
-    """Route llama.cpp's log to ``on_line(level, line)`` (whole lines), then restore the default."""
+    """Route llama.cpp's log to ``on_line(level, line)`` (whole lines), then restore the default; after
+    an exception drop it (a quantizer thread may still be running)."""
     pending: list[str] = []
 
     @llama_cpp.llama_log_callback
@@ -28,7 +34,9 @@ def capture_log(on_line: Callable[[int, str], None]) -> Iterator[None]:
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     try:
         yield
-    finally:
-        if pending:
-            on_line(0, "".join(pending))
-        llama_cpp.llama_log_set(lcpp_logger.llama_log_callback, ctypes.c_void_p(0))
+    except BaseException:
+        llama_cpp.llama_log_set(_drop, ctypes.c_void_p(0))
+        raise
+    if pending:
+        on_line(0, "".join(pending))
+    llama_cpp.llama_log_set(lcpp_logger.llama_log_callback, ctypes.c_void_p(0))

@@ -18,7 +18,7 @@ import llama_cpp
 import numpy as np
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import describe_os_error, hash_and_publish, temp_path, write_sha256_sidecar
+from tlite_edge.fsutil import describe_os_error, hash_and_publish, temp_path
 from tlite_edge.quant.llama_log import capture_log
 from tlite_edge.quant.profiles import Profile
 
@@ -165,6 +165,5 @@ def quantize(
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         del keep
-    write_sha256_sidecar(dst, digest)
     mib, bpw = sizes.get("quant", (dst.stat().st_size / 2**20, 0.0))
     return QuantResult(profile.name, dst, digest, mib, bpw)
