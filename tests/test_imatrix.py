@@ -5,9 +5,11 @@ forward pass; the file byte-identical to what ggml's own GGUF writer makes of th
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 
 import llama_cpp
+import llama_cpp._logger as lcpp_logger
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -290,8 +292,11 @@ def test_cli_errors_one_line_no_output(f32_gguf: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "output folder does not exist" in proc.stderr
 
 
-def test_log_after_an_interrupt_goes_nowhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_log_after_an_interrupt_goes_nowhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After Ctrl-C the quantizer thread runs on until exit: its log must not print over our one line."""
+    monkeypatch.setattr(lcpp_logger.logger, "level", logging.DEBUG)  # Llama(verbose=False) sets ERROR
     params = llama_cpp.llama_model_quantize_default_params()
     missing = str(tmp_path / "missing.gguf").encode()
     with pytest.raises(KeyboardInterrupt), capture_log(lambda level, line: None):
