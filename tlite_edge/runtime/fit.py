@@ -24,8 +24,9 @@ TLITE_META: dict[str, Any] = {
     "llama.attention.head_count_kv": 8,
     "llama.vocab_size": 128256,
 }
-# Whole-file bits per weight of llama.cpp's mixes on Llama-3-8B (file size × 8 / parameters; the
-# sizes in DESIGN.md §6 and published Llama-3-8B GGUFs). Other file types: the base GGML type's bits.
+# Whole-file bits per weight on Llama-3-8B (file size × 8 / parameters): our profiles' files as measured
+# in BENCHMARKS.md, else llama.cpp's mixes (DESIGN.md §6, published Llama-3-8B GGUFs). IQ4_XS and IQ2_M
+# are ours (IQ2_M keeps the token embedding at Q4_K). Other file types: the base GGML type's bits.
 BITS_PER_WEIGHT: dict[str, float] = {
     "ALL_F32": 32.0,
     "MOSTLY_F16": 16.0,
@@ -36,13 +37,13 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "MOSTLY_Q5_K_S": 5.57,
     "MOSTLY_Q4_K_M": 4.90,
     "MOSTLY_Q4_K_S": 4.67,
-    "MOSTLY_IQ4_XS": 4.43,
+    "MOSTLY_IQ4_XS": 4.47,
     "MOSTLY_Q3_K_L": 4.30,
     "MOSTLY_Q3_K_M": 4.00,
     "MOSTLY_IQ3_M": 3.77,
     "MOSTLY_Q3_K_S": 3.65,
     "MOSTLY_Q2_K": 3.17,
-    "MOSTLY_IQ2_M": 2.94,
+    "MOSTLY_IQ2_M": 3.01,
 }
 HEADROOM = 0.85  # use at most this share of the memory that is free
 MIN_CTX = 512
