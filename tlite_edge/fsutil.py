@@ -111,8 +111,8 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old = {s: h for s, h in old.items() if h is not None}  # None: set outside Python, cannot restore
+    # a handler of None was set outside Python and cannot be restored: leave that signal alone
+    old = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not None}
     for sig in old:
         signal.signal(sig, lambda signum, frame: held.append(signum))
     _holding = True
@@ -127,10 +127,14 @@ def interrupts_held() -> Iterator[None]:
 
 
 def publish(tmp: Path, target: Path, digest: str | None = None) -> None:
-    """fsync ``tmp``; then, as one step that Ctrl-C and SIGTERM wait for, give it normal permissions,
-    rename it to ``target``, fsync the folder and (given ``digest``) write the ``.sha256`` sidecar."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    """fsync ``tmp``, then commit it at ``target`` (see ``_commit``)."""
+    _fsync_file(tmp)
+    _commit(tmp, target, digest)
+
+
+def _commit(tmp: Path, target: Path, digest: str | None) -> None:
+    """As one step that Ctrl-C and SIGTERM wait for: give the synced ``tmp`` normal permissions, rename it
+    to ``target``, fsync the folder and (given ``digest``) write the ``.sha256`` sidecar."""
     with interrupts_held():
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
@@ -143,6 +147,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -173,10 +182,9 @@ def hash_and_publish(tmp: Path, target: Path) -> str:
     the disk flush), then publish it at ``target`` with its sidecar; return the hex digest."""
     with open(tmp, "rb") as fh, ThreadPoolExecutor(1) as pool:
         digest = pool.submit(sha256_stream, fh)
-        with open(tmp, "rb+") as out:
-            os.fsync(out.fileno())
+        _fsync_file(tmp)
         hexdigest = digest.result()
-    publish(tmp, target, hexdigest)
+    _commit(tmp, target, hexdigest)
     return hexdigest
 
 
