@@ -9,6 +9,7 @@ import ctypes
 import os
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,11 +95,23 @@ def _run(src: Path, dst: Path, params: object, advance: Callable[[int, int, str]
             daemon=True,
         )
         worker.start()
-        while worker.is_alive():
-            worker.join(0.2)
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            # the quantizer cannot be stopped; Python finalizing under it can crash (SIGSEGV): leave at
+            # once instead, after the exit handlers registered from here on (they run first)
+            atexit.register(_exit_now, 130)
+            raise
     if not rc or rc[0] != 0:
         raise TliteError(src, f"llama.cpp quantizer failed: {errors[-1] if errors else 'see log'}")
     return sizes, ""
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _block_name(tmp: Path) -> None:
