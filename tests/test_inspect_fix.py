@@ -61,8 +61,12 @@ def test_flags_the_broken_file(broken: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     warnings = {w["code"]: w for w in json.loads(proc.stdout)["warnings"]}
     assert set(warnings) == {"pre-tokenizer", "eos", "bos"}
-    assert all(w["fixable"] for w in warnings.values())
+    assert warnings["eos"]["fixable"] and warnings["bos"]["fixable"]
+    # the label is a question only the source tokenizer.json answers: reported, never guessed
+    assert not warnings["pre-tokenizer"]["fixable"]
     assert "smaug-bpe" in warnings["pre-tokenizer"]["message"]
+    assert "cannot tell from the GGUF alone" in warnings["pre-tokenizer"]["message"]
+    assert "--tokenizer" in warnings["pre-tokenizer"]["message"]
     assert "128001 <|end_of_text|>" in warnings["eos"]["message"]
     assert "add_bos_token false" in warnings["bos"]["message"]
     table = run_cli("inspect", broken, env={"COLUMNS": "250"})
@@ -72,13 +76,17 @@ def test_flags_the_broken_file(broken: Path) -> None:
 def test_fix_repairs_it(broken: Path, rigged: tuple[Path, list[int]], tmp_path: Path) -> None:
     original, reply = rigged
     fixed = tmp_path / "fixed.gguf"
-    proc = run_cli("inspect", broken, "--fix", fixed, env={"COLUMNS": "250"})
+    proc = run_cli(
+        "inspect", broken, "--fix", fixed, "--tokenizer", llama3_tokenizer_json(), env={"COLUMNS": "250"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tensor data unchanged" in proc.stdout
+    assert "'smaug-bpe' -> 'llama-bpe'" in proc.stdout and "verified: tokenizer parity" in proc.stdout
     # Same-size values: the repaired file is the converter's original, byte for byte.
     assert fixed.read_bytes() == original.read_bytes()
     again = json.loads(run_cli("inspect", fixed, "--json").stdout)
     assert again["warnings"] == []
+    assert again["verified"][0].startswith("tokenizer parity ")
 
     hf = Tokenizer.from_file(str(llama3_tokenizer_json())).encode(RUSSIAN, add_special_tokens=False).ids
     assert tokenize(broken, RUSSIAN) != hf  # the smaug-bpe label splits Russian words differently
@@ -95,6 +103,30 @@ def test_fix_repairs_it(broken: Path, rigged: tuple[Path, list[int]], tmp_path: 
     assert out["choices"][0]["message"]["content"] == REPLY
     assert out["choices"][0]["finish_reason"] == "stop"
     assert out["usage"]["completion_tokens"] <= len(reply) + 1
+
+
+def test_fix_without_tokenizer_leaves_the_label(broken: Path, tmp_path: Path) -> None:
+    """No source tokenizer: eos and BOS are fixed (the GGUF proves them), the label stays as it was."""
+    fixed = tmp_path / "fixed.gguf"
+    proc = run_cli("inspect", broken, "--fix", fixed, env={"COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "'smaug-bpe' left as it is" in proc.stdout and "--tokenizer" in proc.stdout
+    head = read_header(fixed)
+    assert head.kv["tokenizer.ggml.pre"] == "smaug-bpe"
+    assert head.kv["tokenizer.ggml.eos_token_id"] == EOT and head.kv["tokenizer.ggml.add_bos_token"] is True
+    info = json.loads(run_cli("inspect", fixed, "--json").stdout)
+    assert [w["code"] for w in info["warnings"]] == ["pre-tokenizer"] and info["verified"] == []
+
+
+def test_fix_refuses_a_foreign_tokenizer(broken: Path, tmp_path: Path) -> None:
+    data = json.loads(llama3_tokenizer_json().read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    vocab["даже!"] = vocab.pop(next(iter(vocab)))  # one token renamed
+    other = tmp_path / "tokenizer.json"
+    other.write_text(json.dumps(data), encoding="utf-8")
+    proc = run_cli("inspect", broken, "--fix", tmp_path / "x.gguf", "--tokenizer", other, "--json")
+    assert proc.returncode == 2 and "not this GGUF's tokenizer: 1 of" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
 
 
 def test_fix_adds_a_missing_template(rigged: tuple[Path, list[int]], tmp_path: Path) -> None:

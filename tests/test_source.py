@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,9 @@ def test_convert_from_offline_cache(hub_cache: Path, tmp_path: Path) -> None:
         "general.version": "0.1",
     }
     sidecar = (tmp_path / "T-lite-instruct-0.1-BF16.gguf.sha256").read_text()
-    assert sidecar == f"{sha256_file(out)}  {out.name}\n"
+    assert sidecar.splitlines()[0] == f"{sha256_file(out)}  {out.name}"
+    assert sidecar.splitlines()[1].startswith("# tokenizer parity ")  # proved on the written file
+    assert subprocess.run(["sha256sum", "--strict", "-c", out.name + ".sha256"], cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -65,3 +68,26 @@ def test_offline_miss_is_one_line(hub_cache: Path, tmp_path: Path, args: list[st
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert args[0] in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_fix_takes_the_tokenizer_from_the_hub(
+    hub_cache: Path, bf16_gguf: Path, tmp_path: Path
+) -> None:
+    """``--tokenizer HUB_ID`` reads only the tokenizer files, through the same cache and offline mode."""
+    data = bytearray(bf16_gguf.read_bytes())
+    at = data.index(b"llama-bpe")
+    data[at : at + 9] = b"smaug-bpe"
+    smaug = tmp_path / "smaug.gguf"
+    smaug.write_bytes(bytes(data))
+    env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    out = tmp_path / "fixed.gguf"
+    proc = run_cli("inspect", smaug, "--fix", out, "--tokenizer", "t-bank-ai/T-lite-instruct-0.1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "'smaug-bpe' -> 'llama-bpe'" in proc.stdout and "verified: tokenizer parity" in proc.stdout
+    assert out.read_bytes() == bf16_gguf.read_bytes()
+    missing = run_cli(
+        "inspect", smaug, "--fix", tmp_path / "x.gguf", "--tokenizer", "someone/absent", env=env
+    )
+    assert missing.returncode == 2 and "not in the local Hugging Face cache" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.gguf").exists()

@@ -11,7 +11,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -29,9 +29,15 @@ def describe_os_error(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, sidecar: Callable[[], str] | None = None) -> Iterator[BinaryIO]:
+def atomic_output(
+    path: str | Path,
+    sidecar: Callable[[], str] | None = None,
+    verify: Callable[[Path], Sequence[str]] | None = None,
+) -> Iterator[BinaryIO]:
     """Yield a binary file that appears at ``path`` only if the block finishes without error; with
-    ``sidecar`` (called at the end for the hex sha256) its ``.sha256`` file is published with it."""
+    ``sidecar`` (called at the end for the hex sha256) its ``.sha256`` file is published with it.
+    ``verify`` gets the complete temporary file before it is renamed: it raises to keep nothing, or
+    returns lines of evidence, written into the sidecar as ``#`` comments (``sha256sum -c`` skips them)."""
     target = Path(path)
     if target.is_dir():
         raise TliteError(target, "output path is a directory")
@@ -43,7 +49,8 @@ def atomic_output(path: str | Path, sidecar: Callable[[], str] | None = None) ->
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()
-        publish(tmp, target, sidecar() if sidecar else None)
+        notes = verify(tmp) if verify else ()
+        publish(tmp, target, sidecar() if sidecar else None, notes)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise TliteError(target, describe_os_error(exc)) from exc
@@ -126,13 +133,13 @@ def interrupts_held() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-def publish(tmp: Path, target: Path, digest: str | None = None) -> None:
+def publish(tmp: Path, target: Path, digest: str | None = None, notes: Sequence[str] = ()) -> None:
     """fsync ``tmp``, then commit it at ``target`` (see ``_commit``)."""
     _fsync_file(tmp)
-    _commit(tmp, target, digest)
+    _commit(tmp, target, digest, notes)
 
 
-def _commit(tmp: Path, target: Path, digest: str | None) -> None:
+def _commit(tmp: Path, target: Path, digest: str | None, notes: Sequence[str] = ()) -> None:
     """As one step that Ctrl-C and SIGTERM wait for: give the synced ``tmp`` normal permissions, rename it
     to ``target``, fsync the folder and (given ``digest``) write the ``.sha256`` sidecar."""
     with interrupts_held():
@@ -140,7 +147,7 @@ def _commit(tmp: Path, target: Path, digest: str | None) -> None:
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if digest:
-            write_sha256_sidecar(target, digest)
+            write_sha256_sidecar(target, digest, notes)
 
 
 def _umask() -> int:
@@ -188,11 +195,26 @@ def hash_and_publish(tmp: Path, target: Path) -> str:
     return hexdigest
 
 
-def write_sha256_sidecar(path: str | Path, hexdigest: str | None = None) -> Path:
-    """Write ``<file>.sha256`` in ``sha256sum`` format next to ``path``; return the sidecar path."""
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_sha256_sidecar(path: str | Path, hexdigest: str | None = None, notes: Sequence[str] = ()) -> Path:
+    """Write ``<file>.sha256`` in ``sha256sum`` format next to ``path``, then ``notes`` as ``#`` comment
+    lines (what was proved about the file); return the sidecar path."""
     target = Path(path)
     hexdigest = hexdigest or sha256_file(target)
-    sidecar = target.with_name(target.name + ".sha256")
+    sidecar = sidecar_path(target)
+    lines = [f"{hexdigest}  {target.name}", *(f"# {note}" for note in notes)]
     with atomic_output(sidecar) as fh:
-        fh.write(f"{hexdigest}  {target.name}\n".encode())
+        fh.write(("\n".join(lines) + "\n").encode())
     return sidecar
+
+
+def sidecar_notes(path: Path) -> list[str]:
+    """The ``#`` comment lines of ``<file>.sha256`` (empty when there is none)."""
+    try:
+        text = sidecar_path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line[1:].strip() for line in text.splitlines() if line.startswith("#")]

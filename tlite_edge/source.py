@@ -26,8 +26,15 @@ ALLOW_PATTERNS = [
 ]
 
 
-def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]:
-    """Return (local folder, model name). Hub downloads resume and honour HF_HUB_OFFLINE and the cache."""
+# What a tokenizer check reads (inspect --fix --tokenizer HUB_ID).
+TOKENIZER_PATTERNS = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def resolve_source(
+    source: str, revision: str | None = None, patterns: list[str] = ALLOW_PATTERNS
+) -> tuple[Path, str]:
+    """Return (local folder, model name); from the Hub only the files matching ``patterns``. Hub downloads
+    resume and honour HF_HUB_OFFLINE and the cache."""
     local = Path(source).expanduser()
     if local.exists():
         if not local.is_dir():
@@ -35,7 +42,7 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
         return local, local.resolve().name
     if not REPO_ID.fullmatch(source) or ".." in source:
         raise TliteError(source, "no such folder, and not a Hub repo id (owner/name)")
-    return _download(source, revision), source.split("/")[1]
+    return _download(source, revision, patterns), source.split("/")[1]
 
 
 # Base exception of each HTTP client huggingface_hub has used (module, class).
@@ -51,7 +58,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -77,7 +84,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
         *((kind, "download interrupted (run again to retry)", True) for kind in _network_errors()),
     )
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:
         for kind, text, with_detail in failures:
             if isinstance(exc, kind):

@@ -8,12 +8,12 @@ widths and depth are small (hidden a multiple of 256 so that k-quants apply, GQA
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +27,34 @@ UPSTREAM_TEMPLATE = (
     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
 )
+
+# The post-processor Meta's later Llama-3 tokenizer.json files carry: BOS before every sequence.
+BOS_POST_PROCESSOR = {
+    "type": "Sequence",
+    "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {
+                "<|begin_of_text|>": {
+                    "id": "<|begin_of_text|>",
+                    "ids": [128000],
+                    "tokens": ["<|begin_of_text|>"],
+                }
+            },
+        },
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,19 @@ def rig_chain(w: dict[str, np.ndarray], chain: Sequence[int], gain: float = 8.0)
     assert len(chain) <= hidden
 
 
+def standin_tokenizer(ignore_merges: bool | None = True, bos_post_processor: bool = False) -> dict[str, Any]:
+    """Meta's Llama-3 tokenizer.json with ``model.ignore_merges`` set (None: left out) and, if asked,
+    a BOS post-processor."""
+    tokenizer = json.loads(llama3_tokenizer_json().read_text(encoding="utf-8"))
+    if ignore_merges is None:
+        tokenizer["model"].pop("ignore_merges", None)
+    else:
+        tokenizer["model"]["ignore_merges"] = ignore_merges
+    if bos_post_processor:
+        tokenizer["post_processor"] = BOS_POST_PROCESSOR
+    return tokenizer
+
+
 def write_standin(
     out: Path,
     *,
@@ -135,8 +176,14 @@ def write_standin(
     shape: StandinShape = StandinShape(),
     shards: int = 2,
     chain: Sequence[int] | None = None,
+    ignore_merges: bool | None = True,
+    bos_post_processor: bool = False,
 ) -> Path:
-    """Write the stand-in Hugging Face folder at ``out`` (created; must not hold another model)."""
+    """Write the stand-in Hugging Face folder at ``out`` (created; must not hold another model).
+
+    The tokenizer is Meta's Llama-3 tokenizer.json (``ignore_merges`` true, no BOS post-processor, as
+    T-lite ships it); ``ignore_merges`` (None: the key left out) and ``bos_post_processor`` make the
+    variants that fine-tunes and older tooling save."""
     out.mkdir(parents=True, exist_ok=True)
     weights = standin_weights(shape, seed)
     if chain:
@@ -181,8 +228,9 @@ def write_standin(
     )
     # Upstream quirk: generation_config names <|end_of_text|>, not the end of turn.
     _write_json(out / "generation_config.json", {"bos_token_id": 128000, "eos_token_id": 128001})
-    shutil.copyfile(llama3_tokenizer_json(), out / "tokenizer.json")
-    added = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
+    tokenizer = standin_tokenizer(ignore_merges, bos_post_processor)
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    added = tokenizer["added_tokens"]
     _write_json(
         out / "tokenizer_config.json",
         {

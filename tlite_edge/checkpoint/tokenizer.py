@@ -19,13 +19,22 @@ LLAMA3_SPLIT = (
 )
 # Several stages are joined with " + ", in order. SmolLM/SmolLM2: each digit alone, then GPT-2's split
 # (llama.cpp's "smollm": "\\p{N}", then the GPT-2 regex).
-PRE_TOKENIZERS: dict[str, str] = {
-    LLAMA3_SPLIT: "llama-bpe",
-    "<ByteLevel use_regex>": "gpt-2",
-    "<Digits individual_digits> + <ByteLevel use_regex>": "smollm",
+GPT2_SPLIT = "<ByteLevel use_regex>"
+SMOLLM_SPLIT = "<Digits individual_digits> + <ByteLevel use_regex>"
+# (split stages, tokenizer.json's model.ignore_merges) -> llama.cpp pre-tokenizer label. Both fields change
+# how text splits: with ignore_merges, a whole pre-token found in the vocabulary is one token, without it
+# the merges decide. llama.cpp applies ignore_merges for "llama-bpe" and not for "smaug-bpe", which share
+# the Llama-3 regex (absent in tokenizer.json means false, as in HF tokenizers). A combination missing
+# here has no llama.cpp label that tokenizes like the source, and is refused.
+PRE_TOKENIZERS: dict[tuple[str, bool], str] = {
+    (LLAMA3_SPLIT, True): "llama-bpe",
+    (LLAMA3_SPLIT, False): "smaug-bpe",
+    (GPT2_SPLIT, False): "gpt-2",
+    (SMOLLM_SPLIT, False): "smollm",
 }
-# Pre-tokenizers of model families that are always trained with BOS at the start.
-ALWAYS_BOS = frozenset({"llama-bpe"})
+# Pre-tokenizers of model families that are always trained with BOS at the start (Llama-3 vocabularies,
+# whichever ignore_merges label they need).
+ALWAYS_BOS = frozenset({"llama-bpe", "smaug-bpe"})
 # Embedding rows past the tokenizer's vocabulary become [PAD] tokens (common: rows padded to a
 # multiple of 64 or 128); a tokenizer covering less than this share of the rows is the wrong one.
 MIN_VOCAB_COVER = 0.9
@@ -49,6 +58,9 @@ class Vocab:
     chat_template: str | None
     fixes: list[str] = field(default_factory=list)
     add_bos: bool = True
+    # bos_token / eos_token as HF's apply_chat_template passes them to the template (tokenizer_config)
+    template_bos: str = ""
+    template_eos: str = ""
 
     def id_of(self, text: str) -> int | None:
         try:
@@ -57,8 +69,8 @@ class Vocab:
             return None
 
 
-def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
-    """Name the llama.cpp pre-tokenizer from the tokenizer.json's own split regex."""
+def split_key(tok: dict[str, Any], path: Path) -> str:
+    """The tokenizer.json's pre-tokenizer stages as one key: split regexes and stage types, in order."""
     pre = tok.get("pre_tokenizer") or {}
     if not isinstance(pre, dict):
         raise TliteError(path, "pre_tokenizer is not an object")
@@ -80,14 +92,34 @@ def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
             patterns.append("<Digits individual_digits>" if stage.get("individual_digits") else "<Digits>")
         else:
             patterns.append(f"<{kind}>")
-    key = " + ".join(map(str, patterns))
-    if key in PRE_TOKENIZERS:
-        return PRE_TOKENIZERS[key]
-    raise TliteError(
-        path,
-        f"unknown pre-tokenizer {(key or str(pre.get('type')))[:80]!r}; "
-        "supported: Llama-3 (llama-bpe), GPT-2, SmolLM",
+    return " + ".join(map(str, patterns)) or f"<{pre.get('type')}>"
+
+
+def ignore_merges(tok: dict[str, Any], path: Path) -> bool:
+    """``model.ignore_merges`` of a tokenizer.json (absent means false, as in HF tokenizers)."""
+    model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
+    value = model.get("ignore_merges", False)
+    if not isinstance(value, bool):
+        raise TliteError(path, f"model.ignore_merges is {value!r}, not true or false")
+    return value
+
+
+def supported_pre_tokenizers() -> str:
+    names = {LLAMA3_SPLIT: "Llama-3 regex", GPT2_SPLIT: "GPT-2", SMOLLM_SPLIT: "SmolLM"}
+    return ", ".join(
+        f"{label} ({names[key]}, ignore_merges {str(flag).lower()})"
+        for (key, flag), label in PRE_TOKENIZERS.items()
     )
+
+
+def detect_pre_tokenizer(tok: dict[str, Any], path: Path) -> str:
+    """Name the llama.cpp pre-tokenizer from the tokenizer.json's own fields: split regex + ignore_merges."""
+    key, flag = split_key(tok, path), ignore_merges(tok, path)
+    if (key, flag) in PRE_TOKENIZERS:
+        return PRE_TOKENIZERS[key, flag]
+    known = any(k == key for k, _ in PRE_TOKENIZERS)
+    what = f"pre-tokenizer {key[:80]!r}" + (f" with ignore_merges {str(flag).lower()}" if known else "")
+    raise TliteError(path, f"unknown {what}; supported: {supported_pre_tokenizers()}")
 
 
 def _merge(merge: Any, path: Path) -> str:
@@ -159,7 +191,9 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     merges = [_merge(m, path) for m in model.get("merges") or []]
 
     vocab = Vocab(path, pre, tokens, types, merges, None, -1, None, None, _chat_template(folder, tcfg))
-    vocab.bos_id = vocab.id_of(_token_text(tcfg.get("bos_token")) or "<|begin_of_text|>")
+    vocab.template_bos = _token_text(tcfg.get("bos_token")) or ""
+    vocab.template_eos = _token_text(tcfg.get("eos_token")) or ""
+    vocab.bos_id = vocab.id_of(vocab.template_bos or "<|begin_of_text|>")
     # Llama-3 models expect BOS once at the start whatever tokenizer_config says (T-lite's tokenizer.json
     # has no BOS post-processor); other families follow an explicit add_bos_token, else get BOS.
     declared = tcfg.get("add_bos_token")

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tlite_edge.commands.quantize import add_quant_arguments, quantize_levels
+from tlite_edge.fsutil import sidecar_path
 from tlite_edge.gguf_build.convert import convert
 from tlite_edge.gguf_build.tensor_map import OUTTYPES
 from tlite_edge.source import DEFAULT_SOURCE, resolve_source
@@ -30,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-template", type=Path, metavar="FILE", help="Jinja chat template to write instead")
     p.add_argument("--name", help="general.name (default: the repo or folder name)")
     p.add_argument("--keep-bf16", action="store_true", help="with -q: keep the BF16 intermediate GGUF")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the tokenizer and template parity checks on the written file (it is then unverified)",
+    )
     add_quant_arguments(p, dry_run=False)
     p.set_defaults(func=run)
 
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         outfile=args.outfile,
         out_dir=args.out_dir,
         chat_template=args.chat_template,
+        verify=not args.no_verify,
     )
     for fix in result.fixes:
         console.print(f"[yellow]fixed[/]: {fix}")
@@ -53,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
         f"[green]wrote[/] {result.path} ({result.size / 2**20:,.1f} MiB, {result.n_tensors} tensors)"
     )
     console.print(f"sha256 {result.sha256}")
+    for line in result.verified:
+        console.print(f"[green]verified[/]: {line}")
+    if not result.verified:
+        console.print("[yellow]unverified[/]: tokenizer and template parity not checked (--no-verify)")
     if args.levels:
         args.out_dir = result.path.parent
         quantize_levels(result.path, args, console)
         if not args.keep_bf16:
             result.path.unlink()
-            result.path.with_name(result.path.name + ".sha256").unlink(missing_ok=True)
+            sidecar_path(result.path).unlink(missing_ok=True)
             console.print(f"removed the intermediate {result.path.name} (--keep-bf16 keeps it)")
     return 0

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def eval_text(folder: Path) -> tuple[Path, str]:
     """dataset-build's Russian text when installed, else a short text of our own written to ``folder``."""
-    from tlite_edge.quant.imatrix import default_text
+    from tlite_edge.texts import default_text
 
     try:
         path, label = default_text()
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for fix in result.fixes:
         console.print(f"   [yellow]fixed[/]: {fix}")
+    for line in result.verified:
+        console.print(f"   [green]verified[/]: {line}")
 
     info = summarize(result.path)
     table = Table("key", "value", title="3. inspect")

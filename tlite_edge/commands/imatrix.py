@@ -89,12 +89,8 @@ def chunk_progress(console: Console) -> Iterator[Callable[[int, int, int], None]
 
 
 def run(args: argparse.Namespace) -> int:
-    from tlite_edge.quant.imatrix import (
-        collect,
-        default_text,
-        physical_cores,
-        write_imatrix,
-    )  # loads llama.cpp
+    from tlite_edge.quant.imatrix import collect, physical_cores, write_imatrix  # loads llama.cpp
+    from tlite_edge.texts import default_text
 
     console = Console()
     if not args.model.is_file():

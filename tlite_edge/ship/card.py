@@ -114,8 +114,9 @@ def render_card(
         "",
         f"GGUF files of [{base_model}](https://huggingface.co/{base_model}) for llama.cpp and the apps "
         "built on it, converted and quantized with tlite-edge. The conversion ends turns at `<|eot_id|>` "
-        "(eos = eot = 128009), labels the pre-tokenizer `llama-bpe` so that Russian text tokenizes "
-        "exactly as with Hugging Face `tokenizers`, adds `<|begin_of_text|>` exactly once, and carries "
+        "(eos = eot = 128009), labels the pre-tokenizer from the source tokenizer.json (split regex and "
+        "`ignore_merges`) and proves on the written file that llama.cpp tokenizes exactly as Hugging Face "
+        "`tokenizers` does, adds `<|begin_of_text|>` exactly once, and carries "
         "a Llama-3 chat template that honours `add_generation_prompt`.",
         "",
         "## Intended use",

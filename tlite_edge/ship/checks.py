@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +10,7 @@ import jinja2
 from gguf import GGUFValueType as VT
 
 from tlite_edge.chat_template import LLAMA3_TEMPLATE, PROBES, render
+from tlite_edge.gguf_build.verify import TOKENIZER_PARITY
 from tlite_edge.gguf_info import GGUFHeader
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
@@ -93,12 +94,13 @@ class Model:
     header: GGUFHeader
     tokens: list[str]
     ids: dict[str, int]
+    parity_proved: bool = False  # a tokenizer parity check against the source passed when it was written
 
     @classmethod
-    def of(cls, header: GGUFHeader) -> Model:
+    def of(cls, header: GGUFHeader, verified: Sequence[str] = ()) -> Model:
         tokens = header.kv.get("tokenizer.ggml.tokens") or []
         ids = {t: i for i, t in enumerate(tokens) if t.startswith("<|") and t.endswith("|>")}
-        return cls(header, tokens, ids)
+        return cls(header, tokens, ids, any(v.startswith(TOKENIZER_PARITY) for v in verified))
 
     @property
     def kv(self) -> dict[str, Any]:
@@ -113,20 +115,33 @@ class Model:
         return self.tokens[tid] if isinstance(tid, int) and 0 <= tid < len(self.tokens) else None
 
 
+SMAUG = "smaug-bpe"
+PRE_HELP = "decide it with --fix OUT --tokenizer SOURCE (the checkpoint's tokenizer.json, folder or Hub id)"
+
+
 def check_pre(m: Model) -> Finding | None:
+    """The label cannot be proved from the GGUF alone: llama-bpe and smaug-bpe share the Llama-3 regex and
+    differ in ignore_merges, a field of the source tokenizer.json. Only that file (or a recorded parity
+    check against it) decides; without it the label is reported and left alone."""
     pre = m.kv.get("tokenizer.ggml.pre")
-    suspicious = pre not in KNOWN_PRE or (m.llama3 and pre == "smaug-bpe")
-    if m.kv.get("tokenizer.ggml.model") != "gpt2" or not suspicious:
+    if m.kv.get("tokenizer.ggml.model") != "gpt2" or m.parity_proved:
         return None
-    fix = {"tokenizer.ggml.pre": (VT.STRING, None, "llama-bpe")} if m.llama3 else {}
-    if pre == "smaug-bpe" and m.llama3:
-        why = "llama.cpp then splits some Russian words differently from the original tokenizer"
-    elif pre is None:
-        why = "llama.cpp falls back to the default split"
-    else:
-        why = "llama.cpp refuses unknown pre-tokenizers"
+    if pre == SMAUG and m.llama3:
+        return Finding(
+            "pre-tokenizer",
+            f"pre-tokenizer {SMAUG!r} on a Llama-3 vocabulary: the same regex without ignore_merges; "
+            "right only if the source tokenizer.json has ignore_merges false — cannot tell from the GGUF "
+            f"alone; {PRE_HELP}",
+        )
+    if pre in KNOWN_PRE:
+        return None
+    why = (
+        "llama.cpp falls back to the default split"
+        if pre is None
+        else "llama.cpp refuses unknown pre-tokenizers"
+    )
     vocab = "a Llama-3 vocabulary" if m.llama3 else "this vocabulary"
-    return Finding("pre-tokenizer", f"pre-tokenizer {pre!r} on {vocab}: {why}", fix)
+    return Finding("pre-tokenizer", f"pre-tokenizer {pre!r} on {vocab}: {why}; {PRE_HELP}")
 
 
 def check_eos(m: Model) -> Finding | None:
@@ -215,6 +230,7 @@ CHECKS: tuple[Callable[[Model], Finding | None], ...] = (
 )
 
 
-def find_problems(header: GGUFHeader) -> list[Finding]:
-    model = Model.of(header)
+def find_problems(header: GGUFHeader, verified: Sequence[str] = ()) -> list[Finding]:
+    """Known problems of a GGUF; ``verified`` are the parity lines recorded with it (its sidecar)."""
+    model = Model.of(header, verified)
     return [f for check in CHECKS if (f := check(model)) is not None]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import atomic_output
+from tlite_edge.fsutil import atomic_output, sidecar_path
 from tlite_edge.gguf_build.writer import GGUF_MAGIC, GGUF_VERSION, _string, _value
 from tlite_edge.gguf_info import GGUFHeader, read_header
 from tlite_edge.ship.checks import Change
@@ -38,18 +39,23 @@ def data_sha256(path: Path, start: int) -> str:
     return digest.hexdigest()
 
 
-def rewrite_metadata(src: Path, dst: Path, changes: dict[str, Change]) -> str:
-    """Write ``dst``: ``src`` with ``changes`` applied to its metadata, atomically. Returns the sha256
-    of the tensor data, checked to be the same in both files."""
+def rewrite_metadata(
+    src: Path, dst: Path, changes: dict[str, Change], verify: Callable[[Path], Sequence[str]] | None = None
+) -> str:
+    """Write ``dst``: ``src`` with ``changes`` applied to its metadata, atomically, with its ``.sha256``
+    sidecar (``verify`` runs on the complete temporary file first; its lines go into the sidecar).
+    Returns the sha256 of the tensor data, checked to be the same in both files."""
     if dst.resolve() == src.resolve():
         raise TliteError(dst, "the fixed copy must be a new file, not the input")
     header = read_header(src)
     head = _header_bytes(header, changes)
-    with atomic_output(dst) as out, open(src, "rb") as fin:
+    whole = hashlib.sha256(head)
+    with atomic_output(dst, whole.hexdigest, verify) as out, open(src, "rb") as fin:
         out.write(head)
         fin.seek(header.data_start)
         while block := fin.read(CHUNK):
             out.write(block)
+            whole.update(block)
     before = data_sha256(src, header.data_start)
     try:
         fixed = read_header(dst)
@@ -57,5 +63,6 @@ def rewrite_metadata(src: Path, dst: Path, changes: dict[str, Change]) -> str:
             raise TliteError(dst, "tensor data differs from the input after rewriting; nothing kept")
     except TliteError:
         dst.unlink(missing_ok=True)
+        sidecar_path(dst).unlink(missing_ok=True)
         raise
     return before

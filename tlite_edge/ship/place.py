@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import atomic_output, describe_os_error, publish, sha256_file, temp_path
+from tlite_edge.fsutil import atomic_output, describe_os_error, publish, sha256_file, sidecar_path, temp_path
 from tlite_edge.progress import byte_progress
 
 LINKS = ("copy", "hardlink", "symlink")
@@ -19,7 +19,7 @@ CHUNK = 1 << 22
 
 def sidecar_digest(src: Path) -> str | None:
     """The hash recorded in ``<file>.sha256`` (``sha256sum`` format), None when there is none."""
-    sidecar = src.with_name(src.name + ".sha256")
+    sidecar = sidecar_path(src)
     if not sidecar.is_file():
         return None
     fields = sidecar.read_text(encoding="utf-8", errors="replace").split()

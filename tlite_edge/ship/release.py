@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import _umask, atomic_output, sha256_file
+from tlite_edge.fsutil import _umask, atomic_output, sha256_file, sidecar_notes, sidecar_path
 from tlite_edge.gguf_info import read_header
 from tlite_edge.quant.profiles import Profile, load_profiles, select
 from tlite_edge.quant.quantize import quantize
 from tlite_edge.ship.card import UPSTREAM, FileRow, read_eval, render_card
 from tlite_edge.ship.checks import find_problems
+from tlite_edge.texts import default_text
 
 Advance = Callable[[str, int, int, str], None]  # level, tensor i, of n, tensor name
 
@@ -78,7 +79,7 @@ def bf16_source(source: str, work: Path, opts: ReleaseOptions, log: Callable[[st
     result = convert(folder, name=opts.name or name, outtype="bf16", out_dir=work)
     for fix in result.fixes:
         log(f"fixed: {fix}")
-    result.path.with_name(result.path.name + ".sha256").unlink(missing_ok=True)
+    sidecar_path(result.path).unlink(missing_ok=True)
     return result.path
 
 
@@ -91,7 +92,7 @@ def make_imatrix(bf16: Path, work: Path, base: str, opts: ReleaseOptions, log: C
         im.load_imatrix(opts.imatrix, bf16)  # validates against the model
         shutil.copyfile(opts.imatrix, target)
         return target
-    text_path, dataset = im.default_text()
+    text_path, dataset = default_text()
     log(f"calibrating on {dataset}")
     text = text_path.read_text(encoding="utf-8")
     imatrix = im.collect(bf16, text, ctx=opts.ctx, chunks=opts.chunks, threads=opts.threads, dataset=dataset)
@@ -144,9 +145,12 @@ def _build(
 ) -> list[FileRow]:
     bf16 = bf16_source(source, work, opts, log)
     header = read_header(bf16)
-    if problems := find_problems(header):
+    if problems := find_problems(header, sidecar_notes(bf16)):
         codes = ", ".join(f.code for f in problems)
-        raise TliteError(bf16, f"known problems ({codes}): repair with `tlite-edge inspect --fix` first")
+        raise TliteError(
+            bf16,
+            f"known problems ({codes}): see `tlite-edge inspect`; repair with `inspect --fix` first",
+        )
     kv = header.kv
     base = str(kv.get("general.name") or bf16.stem.rsplit("-", 1)[0])
     extra: dict[str, str] = {}
@@ -167,7 +171,7 @@ def _build(
                 advance(level, i, n, name)
 
         result = quantize(bf16, profile, dst, imatrix=imp, threads=opts.threads, advance=step)
-        dst.with_name(dst.name + ".sha256").unlink(missing_ok=True)
+        sidecar_path(dst).unlink(missing_ok=True)
         size = dst.stat().st_size
         rows.append(FileRow(dst.name, size, profile.name, result.bpw, profile.target, profile.description))
     if opts.keep_bf16:
