@@ -18,8 +18,8 @@ import llama_cpp
 import numpy as np
 from mdreport import replace_section, stamp
 
+from tlite_edge.gguf.reader import summarize
 from tlite_edge.gguf_build.convert import convert
-from tlite_edge.gguf_info import summarize
 from tlite_edge.quant.imatrix import collect, load_imatrix, write_imatrix
 from tlite_edge.quant.profiles import load_profiles
 from tlite_edge.quant.quantize import quantize

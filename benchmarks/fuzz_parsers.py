@@ -33,7 +33,7 @@ TARGETS = ("safetensors", "gguf")
 def _imports() -> tuple[Callable[..., object], ...]:
     from tlite_edge.checkpoint.safetensors import parse_header
     from tlite_edge.errors import TliteError
-    from tlite_edge.gguf_info import header_from_buffer, summary_from_header
+    from tlite_edge.gguf.reader import header_from_buffer, summary_from_header
 
     return parse_header, header_from_buffer, summary_from_header, TliteError  # type: ignore[return-value]
 
@@ -64,7 +64,7 @@ def seeds(name: str) -> list[bytes]:
     from gguf import GGMLQuantizationType as QT
     from gguf import GGUFValueType as VT
 
-    from tlite_edge.gguf_build.writer import GGUFLayout
+    from tlite_edge.gguf.writer import GGUFLayout
     from tlite_edge.standin import write_safetensors
 
     if name == "safetensors":

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import make_looping, run_cli
 
-from tlite_edge.gguf_info import GGUFHeader, read_header
+from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.runtime import Engine
 from tlite_edge.runtime.bare import BareLlama
 from tlite_edge.runtime.bench import TARGETS, weight_bytes_per_token

@@ -15,7 +15,7 @@ from gotemplate import render_go
 
 from tlite_edge import cli
 from tlite_edge.chat_template import render
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.ship import paths
 
 CLEARED = (

@@ -11,7 +11,7 @@ import pytest
 from conftest import EOT, make_rigged, run_cli
 from tokenizers import Tokenizer
 
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.standin import llama3_tokenizer_json
 
 REPLY = "Добрый день!"

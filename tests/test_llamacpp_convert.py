@@ -15,7 +15,7 @@ from corpus import parity_corpus
 from llamacpp_convert import LlamacppConvertError, llamacpp_convert, llamacpp_sources
 from tokenizers import Tokenizer
 
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.standin import UPSTREAM_TEMPLATE, write_standin
 
 BOS, EOT, VOCAB = 128000, 128009, 128256

@@ -14,7 +14,7 @@ from conftest import STANDIN_NAME, run_cli
 
 from tlite_edge import cli
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.quant.imatrix import load_imatrix
 from tlite_edge.ship.card import read_eval
 from tlite_edge.ship.release import push

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, quants
+from gguf import GGMLQuantizationType, GGUFReader, Keys, quants
 
 from tlite_edge.checkpoint.tokenizer import (
     CONTROL,
@@ -149,9 +149,9 @@ def _f32_repr(value: float) -> float:
 
 def _tokenizer_json(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     """A byte-level BPE tokenizer.json from the GGUF vocabulary, merges and pre-tokenizer."""
-    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
-    pre = meta.get("tokenizer.ggml.pre", "gpt-2")
-    if meta.get("tokenizer.ggml.model") != "gpt2" or pre not in HF_PRE_TOKENIZERS:
+    tokens, types = meta[Keys.Tokenizer.LIST], meta[Keys.Tokenizer.TOKEN_TYPE]
+    pre = meta.get(Keys.Tokenizer.PRE, "gpt-2")
+    if meta.get(Keys.Tokenizer.MODEL) != "gpt2" or pre not in HF_PRE_TOKENIZERS:
         raise TliteError(path, f"tokenizer {meta.get('tokenizer.ggml.model')!r}/{pre!r} is not supported")
     added = []
     for idx, (text, kind) in enumerate(zip(tokens, types, strict=True)):
@@ -179,7 +179,7 @@ def _tokenizer_json(meta: dict[str, Any], path: Path) -> dict[str, Any]:
             "byte_fallback": False,
             "ignore_merges": next(flag for (_, flag), label in PRE_TOKENIZERS.items() if label == pre),
             "vocab": {text: idx for idx, text in enumerate(tokens)},
-            "merges": [m.split(" ", 1) for m in meta.get("tokenizer.ggml.merges", [])],
+            "merges": [m.split(" ", 1) for m in meta.get(Keys.Tokenizer.MERGES, [])],
         },
     }
     if detect_pre_tokenizer(tok, path) != pre:
@@ -188,10 +188,10 @@ def _tokenizer_json(meta: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def _tokenizer_config(meta: dict[str, Any], context: int) -> dict[str, Any]:
-    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    tokens, types = meta[Keys.Tokenizer.LIST], meta[Keys.Tokenizer.TOKEN_TYPE]
     cfg: dict[str, Any] = {}
-    if "tokenizer.ggml.add_bos_token" in meta:
-        cfg["add_bos_token"] = bool(meta["tokenizer.ggml.add_bos_token"])
+    if Keys.Tokenizer.ADD_BOS in meta:
+        cfg["add_bos_token"] = bool(meta[Keys.Tokenizer.ADD_BOS])
     cfg["add_prefix_space"] = False
     cfg["added_tokens_decoder"] = {
         str(i): {"content": t, "special": k == CONTROL}
@@ -203,8 +203,8 @@ def _tokenizer_config(meta: dict[str, Any], context: int) -> dict[str, Any]:
         idx = meta.get(f"tokenizer.ggml.{key}_token_id")
         if idx is not None:
             cfg[f"{role}_token"] = tokens[idx]
-    if "tokenizer.chat_template" in meta:
-        cfg["chat_template"] = meta["tokenizer.chat_template"]
+    if Keys.Tokenizer.CHAT_TEMPLATE in meta:
+        cfg["chat_template"] = meta[Keys.Tokenizer.CHAT_TEMPLATE]
     cfg.update(clean_up_tokenization_spaces=False, model_max_length=context, tokenizer_class="GPT2Tokenizer")
     return cfg
 
@@ -219,7 +219,7 @@ def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
     """
     reader = GGUFReader(gguf_path)
     meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-    arch = meta.get("general.architecture")
+    arch = meta.get(Keys.General.ARCHITECTURE)
     if arch != "llama":
         raise TliteError(gguf_path, f"architecture {arch!r} is not supported (llama)")
 
@@ -240,7 +240,7 @@ def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
         shape = tuple(int(n) for n in reversed(t.shape))
         plans.append((t, name, shape, hp(HEAD_KEYS[heads]) if heads else None))
     hidden, n_heads = hp("embedding_length"), hp("attention.head_count")
-    vocab_size = hp("vocab_size", len(meta["tokenizer.ggml.tokens"]))
+    vocab_size = hp("vocab_size", len(meta[Keys.Tokenizer.LIST]))
     context = hp("context_length")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -262,7 +262,7 @@ def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
         out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
     )
 
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    bos, eos = meta.get(Keys.Tokenizer.BOS_ID), meta.get(Keys.Tokenizer.EOS_ID)
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

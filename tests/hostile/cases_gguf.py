@@ -22,7 +22,7 @@ from hostile_kit import (
     tiny_model_gguf,
 )
 
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.quant.imatrix import Imatrix, ImatrixEntry, matmul_weights, write_imatrix
 
 # --- GGUF --------------------------------------------------------------------------------------

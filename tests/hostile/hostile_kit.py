@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from tlite_edge.gguf_build.writer import GGUFLayout
+from tlite_edge.gguf.writer import GGUFLayout
 
 SHARD1 = "model-00001-of-00002.safetensors"
 SHARD2 = "model-00002-of-00002.safetensors"

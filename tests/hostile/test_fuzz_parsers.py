@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tlite_edge.checkpoint.safetensors import DTYPES, parse_header
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_info import header_from_buffer, summary_from_header
+from tlite_edge.gguf.reader import header_from_buffer, summary_from_header
 
 ST_PATH, GGUF_PATH = Path("fuzz.safetensors"), Path("fuzz.gguf")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -203,7 +203,7 @@ def test_gguf_structured(data: bytes) -> None:
 def _valid_gguf() -> bytes:
     from gguf import GGUFValueType as VT
 
-    from tlite_edge.gguf_build.writer import GGUFLayout
+    from tlite_edge.gguf.writer import GGUFLayout
 
     layout = GGUFLayout()
     layout.add("general.architecture", VT.STRING, "llama")
@@ -243,7 +243,7 @@ def test_float_metadata_survives_json(value: float) -> None:
 def _gguf_with(key: str, vtype: int, value: object) -> bytes:
     from gguf import GGUFValueType as VT
 
-    from tlite_edge.gguf_build.writer import GGUFLayout
+    from tlite_edge.gguf.writer import GGUFLayout
 
     layout = GGUFLayout()
     layout.add("general.architecture", VT.STRING, "llama")

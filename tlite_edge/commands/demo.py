@@ -12,13 +12,14 @@ import argparse
 import time
 from pathlib import Path
 
+from gguf import Keys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tlite_edge.errors import TliteError
+from tlite_edge.gguf.reader import summarize
 from tlite_edge.gguf_build.convert import convert
-from tlite_edge.gguf_info import summarize
 from tlite_edge.standin import write_standin
 
 NAME = "T-lite-standin-instruct-0.1"
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     info = summarize(result.path)
     table = Table("key", "value", title="3. inspect")
-    for key in ("general.name", "general.size_label", "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token"):
+    for key in (Keys.General.NAME, Keys.General.SIZE_LABEL, Keys.Tokenizer.PRE, Keys.Tokenizer.ADD_BOS):
         table.add_row(key, str(info.metadata.get(key)))
     for role, tok in info.special_tokens.items():
         table.add_row(f"{role} token", f"{tok['id']} {tok['text']}")

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
 from rich.console import Console
 from rich.table import Table
 
@@ -60,7 +61,7 @@ def diagnose(model: Path | None, ctx: int | None, extra_profiles: list[Path]) ->
         weights = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
         model_info = {
             "path": str(model),
-            "name": meta.get("general.name"),
+            "name": meta.get(Keys.General.NAME),
             "n_params": n_params,
             "weights_bytes": weights,
             "bits_per_weight": round(8 * weights / max(n_params, 1), 3),

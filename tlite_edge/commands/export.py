@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.ship.apps import APPS, ExportOptions, ExportPlan, plan_export
 from tlite_edge.ship.checks import find_problems
 from tlite_edge.ship.paths import FOLDERS, writable_root

@@ -7,13 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
+from gguf import Keys
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import sidecar_notes
-from tlite_edge.gguf_info import GGUFSummary, read_header, summarize
+from tlite_edge.gguf.reader import GGUFSummary, read_header, summarize
 from tlite_edge.ship.checks import Finding, find_problems
 
 
@@ -38,7 +39,7 @@ def render(summary: GGUFSummary, console: Console) -> None:
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in meta.items():
-        if key != "tokenizer.chat_template":
+        if key != Keys.Tokenizer.CHAT_TEMPLATE:
             table.add_row(key, str(value))
     console.print(table)
     types = Table("tensor type", "count", title=f"{summary.n_tensors} tensors")
@@ -51,7 +52,7 @@ def render(summary: GGUFSummary, console: Console) -> None:
     )
     specials = ", ".join(f"{k} = {v['id']} {v['text']}" for k, v in summary.special_tokens.items())
     console.print(f"special tokens: {specials or 'none'}")
-    template = meta.get("tokenizer.chat_template")
+    template = meta.get(Keys.Tokenizer.CHAT_TEMPLATE)
     console.print("chat template:" if template else "chat template: [red]missing[/]")
     if template:
         console.print(template, markup=False, highlight=False)
@@ -72,7 +73,7 @@ def fix(args: argparse.Namespace, console: Console) -> None:
 
     result = fix_gguf(args.file, args.fix, args.tokenizer, args.revision)
     for key, (_, _, value) in result.changes.items():
-        shown = value if key != "tokenizer.chat_template" else "the Llama-3 template"
+        shown = value if key != Keys.Tokenizer.CHAT_TEMPLATE else "the Llama-3 template"
         console.print(f"[yellow]set[/] {key} = {escape(str(shown))}")
     console.print(escape(result.label))
     for line in result.verified:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gguf import Keys
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -16,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.memory import ram_needed
 from tlite_edge.quant.profiles import Profile, load_profiles, select
 from tlite_edge.quant.quantize import QuantResult, estimate, quantize
@@ -53,7 +54,7 @@ def quantize_levels(src: Path, args: argparse.Namespace, console: Console) -> li
     """Run (or dry-run) every chosen level of ``src``; used by quantize and convert."""
     profiles = select(load_profiles(args.profiles), args.levels)
     meta = {k: v for k, v in read_header(src).kv.items() if not k.startswith("tokenizer.ggml.")}
-    base = str(meta.get("general.name") or src.stem.rsplit("-", 1)[0])
+    base = str(meta.get(Keys.General.NAME) or src.stem.rsplit("-", 1)[0])
     imatrix = None
     if args.imatrix is not None:
         from tlite_edge.quant.imatrix import load_imatrix

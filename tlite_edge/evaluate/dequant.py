@@ -11,41 +11,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, quants
+from gguf import GGMLQuantizationType, GGUFValueType, Keys, LlamaFileType, quants
 
-from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import publish, temp_path
+from tlite_edge.fsutil import atomic_output
+from tlite_edge.gguf.reader import open_gguf
+from tlite_edge.gguf.writer import GGUFLayout, HashingSink
 from tlite_edge.runtime.engine import check_model
-
-FILE_TYPE = "general.file_type"
 
 
 def dequantize_gguf(src: Path, dst: Path) -> Path:
     """Write ``dst``: ``src``'s metadata (file type ALL_F32) and its tensors as F32, atomically."""
     check_model(src)
-    if not dst.parent.is_dir():
-        raise TliteError(dst.parent, "output folder does not exist")
-    reader = GGUFReader(src)
-    arch = str(reader.fields["general.architecture"].contents())
-    tmp = temp_path(dst)
-    try:
-        writer = GGUFWriter(tmp, arch)
-        for key, fld in reader.fields.items():
-            if key.startswith("GGUF.") or key == "general.architecture":
-                continue
-            vtype = GGUFValueType(fld.types[0])
-            sub = GGUFValueType(fld.types[-1]) if vtype == GGUFValueType.ARRAY else None
-            value = int(LlamaFileType.ALL_F32) if key == FILE_TYPE else fld.contents()
-            writer.add_key_value(key, value, vtype, sub_type=sub)
-        for t in reader.tensors:
-            shape = tuple(int(n) for n in reversed(t.shape))
-            data = quants.dequantize(t.data, GGMLQuantizationType(t.tensor_type)).reshape(shape)
-            writer.add_tensor(t.name, np.ascontiguousarray(data, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        publish(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    reader = open_gguf(src)
+    layout = GGUFLayout()
+    for key, fld in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        vtype = GGUFValueType(fld.types[0])
+        sub = GGUFValueType(fld.types[-1]) if vtype == GGUFValueType.ARRAY else None
+        value = int(LlamaFileType.ALL_F32) if key == Keys.General.FILE_TYPE else fld.contents()
+        layout.add(key, vtype, value, sub)
+    for t in reader.tensors:
+        layout.add_tensor(t.name, tuple(int(n) for n in reversed(t.shape)), GGMLQuantizationType.F32)
+    with atomic_output(dst) as fh:
+        sink = HashingSink(fh)
+        try:
+            sink.write(layout.header())
+            for t in reader.tensors:
+                sink.write(quants.dequantize(t.data, GGMLQuantizationType(t.tensor_type)).astype(np.float32))
+                sink.pad()
+        finally:
+            sink.abort()
     return dst

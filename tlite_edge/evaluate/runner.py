@@ -18,6 +18,7 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+from gguf import Keys
 
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime.engine import check_model
@@ -44,7 +45,7 @@ def read_text(path: Path) -> str:
 
 def vocabulary(path: Path) -> list[str]:
     """The GGUF's token list (checked as a loadable Llama model first)."""
-    tokens = check_model(path).kv.get("tokenizer.ggml.tokens")
+    tokens = check_model(path).kv.get(Keys.Tokenizer.LIST)
     if not tokens:
         raise TliteError(path, "no vocabulary (tokenizer.ggml.tokens)")
     return list(tokens)

@@ -18,10 +18,10 @@ from tlite_edge.checkpoint.safetensors import count_nonfinite
 from tlite_edge.checkpoint.shards import Checkpoint
 from tlite_edge.checkpoint.tokenizer import load_vocab
 from tlite_edge.fsutil import atomic_output
+from tlite_edge.gguf.writer import COPY_CHUNK, GGUFLayout, HashingSink
 from tlite_edge.gguf_build import metadata
 from tlite_edge.gguf_build.tensor_map import OUTTYPES, TensorPlan, permute_rows, plan_tensors
 from tlite_edge.gguf_build.verify import verify_gguf
-from tlite_edge.gguf_build.writer import COPY_CHUNK, GGUFLayout, HashingSink
 from tlite_edge.progress import byte_progress
 
 SOURCE_QTYPE = {"BF16": QT.BF16, "F16": QT.F16, "F32": QT.F32}

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFValueType as VT
+from gguf import Keys
 
 from tlite_edge.checkpoint.hfconfig import LlamaConfig
 from tlite_edge.checkpoint.tokenizer import Vocab
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_build.writer import GGUFLayout
+from tlite_edge.gguf.writer import GGUFLayout
 
 FINETUNES = ("instruct", "chat", "it", "base")
 NAME_RE = re.compile(
@@ -98,8 +99,8 @@ def rope_scaling_keys(cfg: LlamaConfig, layout: GGUFLayout) -> np.ndarray | None
         return None
     kind = rs.get("rope_type") or rs.get("type")
     if kind == "linear":
-        layout.add("llama.rope.scaling.type", VT.STRING, "linear")
-        layout.add("llama.rope.scaling.factor", VT.FLOAT32, float(rs["factor"]))
+        layout.add(Keys.Rope.SCALING_TYPE.format(arch="llama"), VT.STRING, "linear")
+        layout.add(Keys.Rope.SCALING_FACTOR.format(arch="llama"), VT.FLOAT32, float(rs["factor"]))
         return None
     if kind == "llama3":
         return llama3_rope_factors(cfg)
@@ -113,20 +114,20 @@ def add_model_metadata(
 ) -> None:
     arch = "llama"
     general: list[tuple[str, VT, object]] = [
-        ("general.architecture", VT.STRING, arch),
-        ("general.type", VT.STRING, "model"),
-        ("general.name", VT.STRING, names.name),
-        ("general.basename", VT.STRING, names.basename),
-        ("general.finetune", VT.STRING, names.finetune),
-        ("general.version", VT.STRING, names.version),
-        ("general.size_label", VT.STRING, names.size_label),
-        ("general.license", VT.STRING, card.license),
+        (Keys.General.ARCHITECTURE, VT.STRING, arch),
+        (Keys.General.TYPE, VT.STRING, "model"),
+        (Keys.General.NAME, VT.STRING, names.name),
+        (Keys.General.BASENAME, VT.STRING, names.basename),
+        (Keys.General.FINETUNE, VT.STRING, names.finetune),
+        (Keys.General.VERSION, VT.STRING, names.version),
+        (Keys.General.SIZE_LABEL, VT.STRING, names.size_label),
+        (Keys.General.LICENSE, VT.STRING, card.license),
     ]
     for key, vtype, value in general:
         if value is not None:
             layout.add(key, vtype, value)
     if card.languages:
-        layout.add("general.languages", VT.ARRAY, list(card.languages), VT.STRING)
+        layout.add(Keys.General.LANGUAGES, VT.ARRAY, list(card.languages), VT.STRING)
     hparams = (
         ("vocab_size", VT.UINT32, cfg.vocab_size),
         ("context_length", VT.UINT32, cfg.context_length),
@@ -143,16 +144,16 @@ def add_model_metadata(
     )
     for key, vtype, value in hparams:
         layout.add(f"{arch}.{key}", vtype, value)
-    layout.add("general.file_type", VT.UINT32, file_type)
-    layout.add("general.quantization_version", VT.UINT32, 2)
+    layout.add(Keys.General.FILE_TYPE, VT.UINT32, file_type)
+    layout.add(Keys.General.QUANTIZATION_VERSION, VT.UINT32, 2)
 
 
 def add_tokenizer_metadata(layout: GGUFLayout, vocab: Vocab, chat_template: str) -> None:
-    layout.add("tokenizer.ggml.model", VT.STRING, "gpt2")
-    layout.add("tokenizer.ggml.pre", VT.STRING, vocab.pre)
-    layout.add("tokenizer.ggml.tokens", VT.ARRAY, vocab.tokens, VT.STRING)
-    layout.add("tokenizer.ggml.token_type", VT.ARRAY, vocab.token_types, VT.INT32)
-    layout.add("tokenizer.ggml.merges", VT.ARRAY, vocab.merges, VT.STRING)
+    layout.add(Keys.Tokenizer.MODEL, VT.STRING, "gpt2")
+    layout.add(Keys.Tokenizer.PRE, VT.STRING, vocab.pre)
+    layout.add(Keys.Tokenizer.LIST, VT.ARRAY, vocab.tokens, VT.STRING)
+    layout.add(Keys.Tokenizer.TOKEN_TYPE, VT.ARRAY, vocab.token_types, VT.INT32)
+    layout.add(Keys.Tokenizer.MERGES, VT.ARRAY, vocab.merges, VT.STRING)
     special = (
         ("bos_token_id", vocab.bos_id),
         ("eos_token_id", vocab.eos_id),
@@ -164,6 +165,6 @@ def add_tokenizer_metadata(layout: GGUFLayout, vocab: Vocab, chat_template: str)
             layout.add(f"tokenizer.ggml.{key}", VT.UINT32, value)
     # Raw text gets exactly one BOS from the runtime; the template writes its own BOS, which
     # llama-cpp-python and llama-server recognise so that chat prompts never get two.
-    layout.add("tokenizer.ggml.add_bos_token", VT.BOOL, vocab.bos_id is not None and vocab.add_bos)
-    layout.add("tokenizer.ggml.add_eos_token", VT.BOOL, False)
-    layout.add("tokenizer.chat_template", VT.STRING, chat_template)
+    layout.add(Keys.Tokenizer.ADD_BOS, VT.BOOL, vocab.bos_id is not None and vocab.add_bos)
+    layout.add(Keys.Tokenizer.ADD_EOS, VT.BOOL, False)
+    layout.add(Keys.Tokenizer.CHAT_TEMPLATE, VT.STRING, chat_template)

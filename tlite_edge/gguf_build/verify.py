@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gguf import Keys
+
 from tlite_edge.chat_template import render, template_failure
 from tlite_edge.checkpoint.hfconfig import read_json
 from tlite_edge.checkpoint.tokenizer import detect_pre_tokenizer
@@ -140,7 +142,7 @@ def tokenizer_parity(llm: VocabOnly, tokenizer_json: Path, origin: Path) -> Pari
     hf.encode_special_tokens = True  # like llama.cpp's special=False: user text never forges a marker
     probes = probe_strings(tok, hf)
     label = detect_pre_tokenizer(tok, tokenizer_json)
-    written = llm.meta("tokenizer.ggml.pre")
+    written = llm.meta(Keys.Tokenizer.PRE)
     for text, ref in zip(probes, hf.encode_batch(probes, add_special_tokens=False), strict=True):
         ours = llm.tokenize(text, add_bos=False)
         if ours != ref.ids:
@@ -160,7 +162,7 @@ def template_parity(llm: VocabOnly, template: str, bos: str, eos: str, origin: P
     """The GGUF's template as llama-cpp-python renders it == ``template`` rendered with HF semantics."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    written = llm.meta("tokenizer.chat_template")
+    written = llm.meta(Keys.Tokenizer.CHAT_TEMPLATE)
     if written != template:
         raise TliteError(
             origin, "template parity failed: the GGUF's chat template differs from the one written"

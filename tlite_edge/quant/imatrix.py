@@ -25,16 +25,16 @@ from pathlib import Path
 
 import llama_cpp as lc
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, Keys
 
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output
-from tlite_edge.gguf_build.writer import GGUFLayout
-from tlite_edge.gguf_info import field_value, open_gguf, read_header
+from tlite_edge.gguf.reader import field_value, open_gguf, read_header
+from tlite_edge.gguf.writer import GGUFLayout
 from tlite_edge.quant import ggml_ctypes as gg
 from tlite_edge.quant.llama_log import capture_log
 
-KEY_TYPE = "general.type"
+KEY_TYPE = Keys.General.TYPE
 KEY_DATASETS = "imatrix.datasets"
 KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tlite_edge.gguf_info import GGUFHeader
+from tlite_edge.gguf.reader import GGUFHeader
 from tlite_edge.runtime.bare import BareLlama
 from tlite_edge.runtime.engine import Engine, check_model
 

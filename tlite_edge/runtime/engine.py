@@ -22,7 +22,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from tlite_edge.chat_template import check_size, template_failure, time_limit
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_info import GGUFHeader, read_header
+from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.memory import ram_needed
 from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, recommend
 from tlite_edge.runtime.hardware import Hardware, probe

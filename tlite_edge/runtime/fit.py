@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from tlite_edge.memory import ram_needed
 from tlite_edge.quant.profiles import Profile
@@ -15,14 +15,14 @@ from tlite_edge.quant.profiles import Profile
 # T-lite-instruct-0.1 (Llama-3-8B shape): what a missing MODEL stands for.
 TLITE_PARAMS = 8_030_261_248
 TLITE_META: dict[str, Any] = {
-    "general.architecture": "llama",
-    "llama.context_length": 8192,
-    "llama.block_count": 32,
-    "llama.embedding_length": 4096,
-    "llama.feed_forward_length": 14336,
-    "llama.attention.head_count": 32,
-    "llama.attention.head_count_kv": 8,
-    "llama.vocab_size": 128256,
+    Keys.General.ARCHITECTURE: "llama",
+    Keys.LLM.CONTEXT_LENGTH.format(arch="llama"): 8192,
+    Keys.LLM.BLOCK_COUNT.format(arch="llama"): 32,
+    Keys.LLM.EMBEDDING_LENGTH.format(arch="llama"): 4096,
+    Keys.LLM.FEED_FORWARD_LENGTH.format(arch="llama"): 14336,
+    Keys.Attention.HEAD_COUNT.format(arch="llama"): 32,
+    Keys.Attention.HEAD_COUNT_KV.format(arch="llama"): 8,
+    Keys.LLM.VOCAB_SIZE.format(arch="llama"): 128256,
 }
 # Whole-file bits per weight on Llama-3-8B (file size × 8 / parameters): our profiles' files as measured
 # in BENCHMARKS.md, else llama.cpp's mixes (DESIGN.md §6, published Llama-3-8B GGUFs). IQ4_XS and IQ2_M
@@ -81,8 +81,8 @@ class Fit:
 
 
 def model_context(meta: dict[str, Any]) -> int:
-    arch = meta.get("general.architecture", "llama")
-    return int(meta.get(f"{arch}.context_length") or 4096)
+    arch = meta.get(Keys.General.ARCHITECTURE, "llama")
+    return int(meta.get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch)) or 4096)
 
 
 def profile_fits(

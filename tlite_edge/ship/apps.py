@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gguf import Keys
+
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.ship.card import license_text
 from tlite_edge.ship.modelfile import MAX_CTX, STOPS, modelfile
 from tlite_edge.ship.paths import FOLDERS, Location, check_name, locate
@@ -34,12 +36,12 @@ class ModelFacts:
     @classmethod
     def read(cls, path: Path) -> ModelFacts:
         kv = read_header(path).kv
-        arch = kv.get("general.architecture", "llama")
+        arch = kv.get(Keys.General.ARCHITECTURE, "llama")
         return cls(
             path,
-            str(kv.get("general.name") or path.stem),
-            kv.get(f"{arch}.context_length"),
-            kv.get("general.license"),
+            str(kv.get(Keys.General.NAME) or path.stem),
+            kv.get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
+            kv.get(Keys.General.LICENSE),
             path.stat().st_size,
         )
 

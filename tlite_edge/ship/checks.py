@@ -8,10 +8,12 @@ from typing import Any
 
 import jinja2
 from gguf import GGUFValueType as VT
+from gguf import Keys
 
 from tlite_edge.chat_template import LLAMA3_TEMPLATE, PROBES, render
+from tlite_edge.gguf.edit import Change
+from tlite_edge.gguf.reader import GGUFHeader
 from tlite_edge.gguf_build.verify import TOKENIZER_PARITY
-from tlite_edge.gguf_info import GGUFHeader
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA3_MARKERS = (BOS, EOT, "<|start_header_id|>", "<|end_header_id|>")
@@ -71,7 +73,6 @@ KNOWN_PRE = frozenset(
         "pixtral",
     }
 )
-Change = tuple[int, int | None, Any]  # (GGUF value type, item type for arrays, value)
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Model:
 
     @classmethod
     def of(cls, header: GGUFHeader, verified: Sequence[str] = ()) -> Model:
-        tokens = header.kv.get("tokenizer.ggml.tokens") or []
+        tokens = header.kv.get(Keys.Tokenizer.LIST) or []
         ids = {t: i for i, t in enumerate(tokens) if t.startswith("<|") and t.endswith("|>")}
         return cls(header, tokens, ids, any(v.startswith(TOKENIZER_PARITY) for v in verified))
 
@@ -108,7 +109,7 @@ class Model:
 
     @property
     def llama3(self) -> bool:
-        return self.kv.get("tokenizer.ggml.model") == "gpt2" and all(m in self.ids for m in LLAMA3_MARKERS)
+        return self.kv.get(Keys.Tokenizer.MODEL) == "gpt2" and all(m in self.ids for m in LLAMA3_MARKERS)
 
     def token(self, key: str) -> str | None:
         tid = self.kv.get(f"tokenizer.ggml.{key}_token_id")
@@ -123,8 +124,8 @@ def check_pre(m: Model) -> Finding | None:
     """The label cannot be proved from the GGUF alone: llama-bpe and smaug-bpe share the Llama-3 regex and
     differ in ignore_merges, a field of the source tokenizer.json. Only that file (or a recorded parity
     check against it) decides; without it the label is reported and left alone."""
-    pre = m.kv.get("tokenizer.ggml.pre")
-    if m.kv.get("tokenizer.ggml.model") != "gpt2" or m.parity_proved:
+    pre = m.kv.get(Keys.Tokenizer.PRE)
+    if m.kv.get(Keys.Tokenizer.MODEL) != "gpt2" or m.parity_proved:
         return None
     if pre == SMAUG and m.llama3:
         return Finding(
@@ -151,12 +152,12 @@ def check_eos(m: Model) -> Finding | None:
     fix: dict[str, Change] = {}
     problems = []
     if m.token("eos") != EOT:
-        eos_id = m.kv.get("tokenizer.ggml.eos_token_id")
+        eos_id = m.kv.get(Keys.Tokenizer.EOS_ID)
         problems.append(f"eos is {eos_id} {m.token('eos')}, not the end of turn")
-        fix["tokenizer.ggml.eos_token_id"] = (VT.UINT32, None, eot)
+        fix[Keys.Tokenizer.EOS_ID] = (VT.UINT32, None, eot)
     if m.token("eot") != EOT:
         problems.append("no eot token id")
-        fix["tokenizer.ggml.eot_token_id"] = (VT.UINT32, None, eot)
+        fix[Keys.Tokenizer.EOT_ID] = (VT.UINT32, None, eot)
     if not problems:
         return None
     return Finding("eos", f"{'; '.join(problems)} ({eot} {EOT}): some runtimes generate past the answer", fix)
@@ -170,8 +171,8 @@ def _render(template: str, messages: list[dict[str, str]], gen: bool) -> str | N
 
 
 def check_template(m: Model) -> Finding | None:
-    template = m.kv.get("tokenizer.chat_template")
-    fix = {"tokenizer.chat_template": (VT.STRING, None, LLAMA3_TEMPLATE)} if m.llama3 else {}
+    template = m.kv.get(Keys.Tokenizer.CHAT_TEMPLATE)
+    fix = {Keys.Tokenizer.CHAT_TEMPLATE: (VT.STRING, None, LLAMA3_TEMPLATE)} if m.llama3 else {}
     if not template:
         return Finding("template", "no chat template: apps fall back to a guess", fix)
     with_prompt = [_render(template, p, True) for p in PROBES]
@@ -191,14 +192,14 @@ def check_bos(m: Model) -> Finding | None:
     problems = []
     if m.token("bos") != BOS:
         problems.append(f"bos is {m.token('bos')}")
-        fix["tokenizer.ggml.bos_token_id"] = (VT.UINT32, None, m.ids[BOS])
-    if m.kv.get("tokenizer.ggml.add_bos_token") is not True:
-        state = "missing" if "tokenizer.ggml.add_bos_token" not in m.kv else "false"
+        fix[Keys.Tokenizer.BOS_ID] = (VT.UINT32, None, m.ids[BOS])
+    if m.kv.get(Keys.Tokenizer.ADD_BOS) is not True:
+        state = "missing" if Keys.Tokenizer.ADD_BOS not in m.kv else "false"
         problems.append(f"add_bos_token {state}: raw text (completion, perplexity) gets no {BOS}")
-        fix["tokenizer.ggml.add_bos_token"] = (VT.BOOL, None, True)
-    if m.kv.get("tokenizer.ggml.add_eos_token") is True:
+        fix[Keys.Tokenizer.ADD_BOS] = (VT.BOOL, None, True)
+    if m.kv.get(Keys.Tokenizer.ADD_EOS) is True:
         problems.append("add_eos_token true: every prompt would end with an end token")
-        fix["tokenizer.ggml.add_eos_token"] = (VT.BOOL, None, False)
+        fix[Keys.Tokenizer.ADD_EOS] = (VT.BOOL, None, False)
     return Finding("bos", "; ".join(problems), fix) if problems else None
 
 
@@ -210,12 +211,12 @@ def check_vocab(m: Model) -> Finding | None:
     if bad_rows:
         detail = ", ".join(f"{k} has {v} rows" for k, v in bad_rows.items())
         return Finding("vocab", f"vocabulary has {n} tokens but {detail} (not fixable by metadata)")
-    arch = m.kv.get("general.architecture", "llama")
-    declared = m.kv.get(f"{arch}.vocab_size")
+    arch = m.kv.get(Keys.General.ARCHITECTURE, "llama")
+    declared = m.kv.get(Keys.LLM.VOCAB_SIZE.format(arch=arch))
     if declared is not None and declared != n:
-        fix: dict[str, Change] = {f"{arch}.vocab_size": (VT.UINT32, None, n)}
+        fix: dict[str, Change] = {Keys.LLM.VOCAB_SIZE.format(arch=arch): (VT.UINT32, None, n)}
         return Finding("vocab", f"{arch}.vocab_size = {declared} but {n} tokens", fix)
-    types = m.kv.get("tokenizer.ggml.token_type")
+    types = m.kv.get(Keys.Tokenizer.TOKEN_TYPE)
     if types is not None and len(types) != n:
         return Finding("vocab", f"{len(types)} token types for {n} tokens (not fixable by metadata)")
     return None

@@ -9,18 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from gguf import GGUFValueType as VT
+from gguf import Keys
 
 from tlite_edge.checkpoint.hfconfig import read_json
 from tlite_edge.checkpoint.tokenizer import detect_pre_tokenizer
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import sidecar_notes
+from tlite_edge.gguf.edit import Change, rewrite_metadata
+from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.gguf_build.verify import verify_gguf
-from tlite_edge.gguf_info import GGUFHeader, read_header
-from tlite_edge.ship.checks import PRE_HELP, Change, Finding, find_problems
-from tlite_edge.ship.edit import rewrite_metadata
+from tlite_edge.ship.checks import PRE_HELP, Finding, find_problems
 from tlite_edge.source import TOKENIZER_PATTERNS, resolve_source
 
-PRE_KEY = "tokenizer.ggml.pre"
+PRE_KEY = Keys.Tokenizer.PRE
 
 
 @dataclass
@@ -47,7 +48,7 @@ def tokenizer_file(spec: str, revision: str | None = None) -> Path:
 
 def check_same_vocab(header: GGUFHeader, tok: dict[str, Any], path: Path) -> None:
     """The tokenizer.json must hold the GGUF's own vocabulary (same text at every id)."""
-    tokens = header.kv.get("tokenizer.ggml.tokens") or []
+    tokens = header.kv.get(Keys.Tokenizer.LIST) or []
     model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
     entries = dict(model.get("vocab") or {})
     entries.update({a["content"]: a["id"] for a in tok.get("added_tokens") or [] if isinstance(a, dict)})

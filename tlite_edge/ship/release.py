@@ -10,9 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gguf import Keys
+
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import _umask, atomic_output, sha256_file, sidecar_notes, sidecar_path
-from tlite_edge.gguf_info import read_header
+from tlite_edge.gguf.reader import read_header
 from tlite_edge.quant.profiles import Profile, load_profiles, select
 from tlite_edge.quant.quantize import quantize
 from tlite_edge.ship.card import UPSTREAM, FileRow, read_eval, render_card
@@ -152,7 +154,7 @@ def _build(
             f"known problems ({codes}): see `tlite-edge inspect`; repair with `inspect --fix` first",
         )
     kv = header.kv
-    base = str(kv.get("general.name") or bf16.stem.rsplit("-", 1)[0])
+    base = str(kv.get(Keys.General.NAME) or bf16.stem.rsplit("-", 1)[0])
     extra: dict[str, str] = {}
     imp = None
     if opts.imatrix is not None or opts.calibrate:
@@ -186,7 +188,7 @@ def _build(
     card = render_card(
         title=base,
         base_model=opts.base_model,
-        license_id=kv.get("general.license"),
+        license_id=kv.get(Keys.General.LICENSE),
         quantized_by=opts.quantized_by,
         files=rows,
         extra_files=extra,

@@ -1,4 +1,4 @@
-"""Rewrite a GGUF's metadata; tensor infos and tensor data are carried over byte for byte."""
+"""The metadata editor: rewrite a GGUF's metadata, carrying tensor infos and data over byte for byte."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import hashlib
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from gguf import Keys
 
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output, sidecar_path
-from tlite_edge.gguf_build.writer import GGUF_MAGIC, GGUF_VERSION, _string, _value
-from tlite_edge.gguf_info import GGUFHeader, read_header
-from tlite_edge.ship.checks import Change
+from tlite_edge.gguf.reader import GGUFHeader, read_header
+from tlite_edge.gguf.writer import GGUF_MAGIC, GGUF_VERSION, string_bytes, value_bytes
 
 CHUNK = 1 << 22
+Change = tuple[int, int | None, Any]  # (GGUF value type, item type for arrays, value)
 
 
 def _header_bytes(header: GGUFHeader, changes: dict[str, Change]) -> bytes:
@@ -21,11 +24,11 @@ def _header_bytes(header: GGUFHeader, changes: dict[str, Change]) -> bytes:
     kv.update(changes)
     parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(header.tensors), len(kv))]
     for key, (vtype, item, value) in kv.items():
-        parts += [_string(key), struct.pack("<I", int(vtype)), _value(vtype, value, item)]
+        parts += [string_bytes(key), struct.pack("<I", int(vtype)), value_bytes(vtype, value, item)]
     for (name, dims, qtype), offset in zip(header.tensors, header.offsets, strict=True):
-        parts += [_string(name), struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, qtype, offset)]
+        parts += [string_bytes(name), struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, qtype, offset)]
     head = b"".join(parts)
-    align = int(header.kv.get("general.alignment", 32))
+    align = int(header.kv.get(Keys.General.ALIGNMENT, 32))
     return head + b"\0" * ((align - len(head) % align) % align)
 
 

@@ -1,4 +1,4 @@
-"""A streaming GGUF v3 writer: header and tensor infos first, then tensor data chunk by chunk.
+"""The streaming GGUF v3 writer: header and tensor infos first, then tensor data chunk by chunk.
 
 Tensor data never has to sit in memory whole: callers hand over row blocks (numpy arrays or raw
 byte ranges of a source file) and the writer hashes what it writes on a second thread.
@@ -37,19 +37,21 @@ SCALAR_FORMATS = {
 }
 
 
-def _string(text: str) -> bytes:
+def string_bytes(text: str) -> bytes:
+    """A GGUF string: uint64 byte length, then UTF-8."""
     raw = text.encode("utf-8")
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _value(vtype: GGUFValueType, value: Any, item_type: GGUFValueType | None) -> bytes:
+def value_bytes(vtype: GGUFValueType, value: Any, item_type: GGUFValueType | None) -> bytes:
+    """A metadata value's bytes (an array: item type, count, items)."""
     if vtype == GGUFValueType.STRING:
-        return _string(value)
+        return string_bytes(value)
     if vtype == GGUFValueType.ARRAY:
         assert item_type is not None
         head = struct.pack("<IQ", int(item_type), len(value))
         if item_type == GGUFValueType.STRING:
-            return head + b"".join(_string(v) for v in value)
+            return head + b"".join(string_bytes(v) for v in value)
         return head + np.asarray(value, dtype=np.dtype(SCALAR_FORMATS[item_type])).tobytes()
     return struct.pack(SCALAR_FORMATS[vtype], value)
 
@@ -80,11 +82,14 @@ class GGUFLayout:
     def header(self) -> bytes:
         parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(self.tensors), len(self.kv))]
         for key, vtype, value, item_type in self.kv:
-            parts += [_string(key), struct.pack("<I", int(vtype)), _value(vtype, value, item_type)]
+            parts += [string_bytes(key), struct.pack("<I", int(vtype)), value_bytes(vtype, value, item_type)]
         offset = 0
         for name, shape, qtype, nbytes in self.tensors:
             dims = tuple(reversed(shape))
-            parts += [_string(name), struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, int(qtype), offset)]
+            parts += [
+                string_bytes(name),
+                struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, int(qtype), offset),
+            ]
             offset += nbytes + _pad(nbytes)
         head = b"".join(parts)
         return head + b"\0" * _pad(len(head))

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, Keys
 
 from tlite_edge.errors import TliteError
-from tlite_edge.gguf_build.writer import SCALAR_FORMATS
+from tlite_edge.gguf.writer import SCALAR_FORMATS
 
-SKIP_VALUES = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"}
+SKIP_VALUES = {Keys.Tokenizer.LIST, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.MERGES}
 
 
 @dataclass
@@ -114,7 +114,7 @@ def _parse_header(buf: bytes | mmap.mmap) -> GGUFHeader:
         item = struct.unpack_from("<I", buf, pos)[0] if vtype == GGUFValueType.ARRAY else None
         kv_types[key] = (vtype, item)
         kv[key] = value(vtype)
-    align = kv.get("general.alignment", 32)
+    align = kv.get(Keys.General.ALIGNMENT, 32)
     if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
         raise ValueError(f"general.alignment {align!r} is not a power of two")
     tensors = []
@@ -212,7 +212,7 @@ def summary_from_header(header: GGUFHeader, path: Path, size: int) -> GGUFSummar
     types = Counter(GGMLQuantizationType(t).name for _, _, t in header.tensors)
     n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
     nbytes = sum(header.tensor_nbytes(dims, t) for _, dims, t in header.tensors)
-    tokens = header.kv.get("tokenizer.ggml.tokens") or []
+    tokens = header.kv.get(Keys.Tokenizer.LIST) or []
     special: dict[str, dict[str, Any]] = {}
     for key in ("bos", "eos", "eot", "padding"):
         tid = meta.get(f"tokenizer.ggml.{key}_token_id")
