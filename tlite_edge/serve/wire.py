@@ -24,7 +24,7 @@ import h11
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
-from tlite_edge.serve.protocol import ApiError
+from tlite_edge.serve.protocol import LOG_KEY, ApiError
 
 REFUSE_KEY = "tlite_edge.refuse"  # an ApiError the app must answer with (and then close)
 DROPPED_KEY = "tlite_edge.dropped"  # why the server dropped the connection while the body came
@@ -138,7 +138,9 @@ class GuardedH11(H11Protocol):
             cycle = self.cycle
             cycle.scope[DROPPED_KEY] = message  # type: ignore[typeddict-unknown-key]
             if not cycle.response_started:
-                self.transport.write(raw_response(ApiError(408, message, code="timeout")))
+                rid = cycle.scope.get(LOG_KEY, {}).get("id")  # type: ignore[attr-defined]
+                headers = {"X-Request-Id": rid} if rid else None
+                self.transport.write(raw_response(ApiError(408, message, code="timeout", headers=headers)))
             cycle.disconnected = True  # the app's reads end now, its answer goes nowhere
             cycle.message_event.set()
         self.transport.close()
