@@ -264,9 +264,8 @@ def test_disconnect_stops_generation(busy_server: Server) -> None:
 def test_disconnect_stops_non_streamed_generation(busy_server: Server) -> None:
     busy_server.wait_idle(timeout=5)
     conn = busy_server.connection()
-    conn.request(
-        "POST", "/v1/completions", body=json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 4000})
-    )
+    body = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 4000})
+    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
     t0 = time.monotonic()
     while busy_server.request("GET", "/health")[2]["slots"]["busy"] == 0:  # generating
         assert time.monotonic() - t0 < 2, "the request never started"

@@ -53,10 +53,16 @@ def show_plan(plan: ExportPlan, console: Console, dry_run: bool) -> None:
         console.print(f"note: {escape(note)}")
 
 
+def check_steps(plan: ExportPlan, src: Path, link: str) -> None:
+    """What can be known before writing: every target folder writable, hard links on one filesystem."""
+    for step in plan.steps:
+        linked = step.render is None and link == "hardlink"
+        writable_root(step.path.parent, link_from=src if linked else None)
+
+
 def execute(plan: ExportPlan, src: Path, force: bool, console: Console) -> None:
     """Run the steps; on any failure remove what was created and re-raise."""
     for step in plan.steps:
-        writable_root(step.path.parent)
         if not force and (step.path.exists() or step.path.is_symlink()):
             raise TliteError(step.path, "already exists; pass --force to replace it")
     placer = Placer(force=force)
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     for finding in find_problems(read_header(args.file)):
         console.print(f"[yellow]warning[/]: {escape(finding.message)} (see tlite-edge inspect --fix)")
     show_plan(plan, console, args.dry_run)
+    check_steps(plan, args.file, args.link)
     if args.dry_run:
         if plan.command:
             console.print(f"then: {shlex.join(plan.command)}", highlight=False)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,17 +40,23 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
 
 
+MIN_CTX = 64  # a chat prompt (template and a short message) and a few reply tokens
+# flag -> (attribute, rule, what it must be); values must also be finite (no nan, no inf)
+LIMITS: dict[str, tuple[str, Callable[[float], bool], str]] = {
+    "--temp": ("temp", lambda v: 0 <= v <= 2, "a number from 0 to 2 (0 = greedy)"),
+    "--top-p": ("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "--seed": ("seed", lambda v: 0 <= v < 2**32 - 1, f"in [0, {2**32 - 2}]"),
+    "--max-tokens": ("max_tokens", lambda v: v >= 1, "at least 1"),
+    "--ctx": ("ctx", lambda v: v >= MIN_CTX, f"at least {MIN_CTX} tokens"),
+    "--threads": ("threads", lambda v: v >= 1, "at least 1"),
+}
+
+
 def _check(args: argparse.Namespace) -> None:
-    positive = {"--max-tokens": args.max_tokens, "--ctx": args.ctx, "--threads": args.threads}
-    for flag, value in positive.items():
-        if value is not None and value < 1:
-            raise TliteError(None, f"{flag} must be at least 1, got {value}")
-    if args.temp is not None and args.temp < 0:
-        raise TliteError(None, f"--temp must be at least 0, got {args.temp}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise TliteError(None, f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.seed is not None and not 0 <= args.seed < 2**32 - 1:
-        raise TliteError(None, f"--seed must be in [0, {2**32 - 2}], got {args.seed}")
+    for flag, (attr, ok, what) in LIMITS.items():
+        value = getattr(args, attr)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise TliteError(None, f"{flag} must be {what}, got {value}")
 
 
 COUNTS = (

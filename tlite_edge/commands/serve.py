@@ -1,8 +1,10 @@
 """``tlite-edge serve MODEL.gguf``: an OpenAI-compatible HTTP server (chat, completions, models, health).
 
 Loopback by default; another address needs ``--api-key`` (or ``TLITE_EDGE_API_KEY``) unless
-``--insecure``. ``--parallel N`` engines answer at once, ``--max-queue`` more wait, the rest get 503
-with Retry-After. The access log is JSON lines on stderr.
+``--insecure``. Requests must name this server in ``Host`` (``--allow-host`` adds names), browsers of
+other origins are refused unless ``--cors-origin`` lists them, bodies must be JSON. ``--parallel N``
+engines answer at once, ``--max-queue`` more wait, the rest get 503 with Retry-After. Slow clients
+are dropped (``--header-timeout``, ``--body-timeout``). The access log is JSON lines on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -30,6 +33,10 @@ MINIMUMS = {
     "--max-body": ("max_body", 1024),
     "--max-messages": ("max_messages", 1),
     "--timeout": ("timeout", 1),
+    "--header-timeout": ("header_timeout", 1),
+    "--body-timeout": ("body_timeout", 1),
+    "--keep-alive": ("keep_alive", 1),
+    "--max-client-connections": ("max_client_connections", 1),
     "--port": ("port", 0),
 }
 
@@ -48,6 +55,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (1 MiB)")
     p.add_argument("--max-messages", type=int, default=256, help="most messages in one chat request")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take, queue included")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name clients may use in Host (repeatable; '*' allows any)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin allowed to call the API, like http://localhost:3000 (repeatable)",
+    )
+    p.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        help="log the client from X-Forwarded-For (only behind a proxy that sets it)",
+    )
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send request headers (10)")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to send a request body; also how long a stream may wait for a reader (30)",
+    )
+    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (5)")
+    p.add_argument("--max-client-connections", type=int, default=32,
+                   help="open connections per client address (32)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -68,8 +104,15 @@ def check_args(args: argparse.Namespace) -> str | None:
     """The API key to require (None: none); refuses bad values and a non-loopback bind without a key."""
     for flag, (attr, least) in MINIMUMS.items():
         value = getattr(args, attr)
-        if value is not None and value < least:
-            raise TliteError(None, f"{flag} must be at least {least}, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= least):
+            raise TliteError(None, f"{flag} must be a number of at least {least}, got {value}")
+    from tlite_edge.serve.guard import check_origin
+
+    for origin in args.cors_origin:
+        try:
+            check_origin(origin)
+        except ValueError as exc:
+            raise TliteError(None, f"--cors-origin: {exc}") from None
     if args.port > 65535:
         raise TliteError(None, f"--port must be at most 65535, got {args.port}")
     key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
@@ -138,8 +181,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tlite_edge.serve.app import AccessLog, ServeConfig, build_app
+    from tlite_edge.serve.guard import Guard, GuardConfig, check_origin
+    from tlite_edge.serve.logs import json_logging
     from tlite_edge.serve.pool import Pool
+    from tlite_edge.serve.wire import WireLimits, make_protocol
 
+    json_logging(log_line)
     engines = load_engines(args)
     pool = Pool(engines, args.max_queue)
     stem = args.model.name.removesuffix(".gguf")
@@ -152,22 +199,35 @@ def run(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         max_messages=args.max_messages,
         timeout=args.timeout,
+        stall_timeout=args.body_timeout,
     )
-    app = AccessLog(build_app(pool, cfg), log_line)
+    host, port = sock.getsockname()[:2]
+    origins = frozenset(check_origin(o) for o in args.cors_origin)
+    guard = GuardConfig(bound=host, allow_hosts=frozenset(args.allow_host), cors_origins=origins)
+    limits = WireLimits(
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_per_client=args.max_client_connections,
+        max_connections=max(512, 4 * (args.parallel + args.max_queue)),
+    )
+    app = AccessLog(Guard(build_app(pool, cfg), guard), log_line)
     config = uvicorn.Config(
         app,
         loop="asyncio",
-        http="h11",
+        http=make_protocol(limits, log_line),
+        ws="none",
         lifespan="off",
         log_config=None,
-        log_level="warning",
+        log_level="error",  # uvicorn's warnings are plain text about what the log lines already say
         access_log=False,
         server_header=False,
-        timeout_keep_alive=5,
+        proxy_headers=args.trust_proxy,
+        forwarded_allow_ips="*" if args.trust_proxy else None,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        timeout_keep_alive=args.keep_alive,
         timeout_graceful_shutdown=5,
-        limit_concurrency=max(256, 4 * (args.parallel + args.max_queue)),
+        limit_concurrency=None,  # the protocol's caps answer in JSON
     )
-    host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log_line(
         {

@@ -224,7 +224,8 @@ class Engine:
         settings = EngineSettings(
             path=str(path),
             architecture=str(meta["general.architecture"]),
-            n_ctx=llm.n_ctx(),
+            # llama.cpp pads its context (to 256), llama-cpp-python's token arrays keep the size asked for
+            n_ctx=min(llm.n_ctx(), ctx),
             n_ctx_train=train_ctx,
             threads=threads,
             gpu_layers=gpu_layers,

@@ -1,7 +1,7 @@
 """The ASGI app: routes, API-key check, body limit, SSE streaming, JSON errors and the access log.
 
-Every answer is JSON (errors in OpenAI's ``{"error": {...}}`` shape, never a traceback); every
-request leaves one JSON line in the access log (no message text, no key).
+Every answer is JSON (errors in OpenAI's ``{"error": {...}}`` shape, never a traceback, never a
+redirect); every request leaves one JSON line in the access log (no message text, no key).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tlite_edge.serve.pool import Job, Outcome, Pool
-from tlite_edge.serve.protocol import ApiError, Shaper, bad, parse_json, parse_request, sse
+from tlite_edge.serve.protocol import LOG_KEY, ApiError, Shaper, bad, parse_json, parse_request, sse
+from tlite_edge.serve.wire import CLOSED_KEY, DROPPED_KEY, REFUSE_KEY
 
-LOG_KEY = "tlite_edge.log"  # the access-log entry of a request, in its ASGI scope
 DRAIN_SECONDS = 5.0  # after a disconnect, how long to wait for the reply's own end (for the log)
+CLIENT_CLOSED = 499  # logged status of a request whose client left before its answer (as nginx does)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ServeConfig:
     max_body: int = 1 << 20
     max_messages: int = 256
     timeout: float = 300.0
+    stall_timeout: float = 30.0  # a streamed answer the client stops reading is dropped after this
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -59,6 +61,8 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise too_large
             chunks.append(chunk)
     except ClientDisconnect:
+        if DROPPED_KEY in request.scope:  # the connection layer's body time limit
+            raise ApiError(408, request.scope[DROPPED_KEY], code="timeout") from None
         raise ApiError(400, "the client closed the connection while sending the body") from None
     return b"".join(chunks)
 
@@ -85,10 +89,10 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, job: Job, body: AsyncGenerator[bytes, None]):
+    def __init__(self, job: Job, body: AsyncGenerator[bytes, None], stall_timeout: float):
         self.status_code, self.background = 200, None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.job, self.body_iter = job, body
+        self.job, self.body_iter, self.stall_timeout = job, body, stall_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(_watch_disconnect(receive, self.job))
@@ -97,11 +101,14 @@ class EventStream(Response):
             async for chunk in self.body_iter:
                 if self.job.outcome.cancelled == "disconnect":
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                await asyncio.wait_for(send(message), self.stall_timeout)  # waits while the client is slow
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away while we wrote
             self.job.cancel("disconnect")
+        except asyncio.TimeoutError:  # the client stopped reading: free the slot, drop the connection
+            self.job.cancel("stalled")
         finally:
             watcher.cancel()
             if self.job.outcome.cancelled:
@@ -193,7 +200,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             raise value  # type: ignore[misc]
         shaper = Shaper(req, cfg.model_id)
         if req.stream:
-            return EventStream(job, _sse(shaper, events, request.scope))
+            return EventStream(job, _sse(shaper, events, request.scope), cfg.stall_timeout)
         watcher = asyncio.ensure_future(_watch_disconnect(request.receive, job))
         try:
             outcome = await _collect(events)
@@ -223,6 +230,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
         err = ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)), code="not_found")
         if exc.status_code == 405:
             err.code, err.headers = "method_not_allowed", dict(exc.headers or {})
+        request.scope.get(LOG_KEY, {})["error"] = err.code
         return error_response(err)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
@@ -236,7 +244,9 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
         Route("/v1/completions", completion, methods=["POST"]),
     ]
     handlers = {ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash}
-    return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    app.router.redirect_slashes = False  # a 307 would echo the client's Host header in Location
+    return app
 
 
 async def _collect(events: AsyncIterator[tuple[str, object]]) -> Outcome:
@@ -292,14 +302,26 @@ class AccessLog:
         async def send_logged(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 entry["status"] = message["status"]
+                if CLOSED_KEY in scope:  # nobody to answer: say so instead of the status not sent
+                    entry.update(status=CLIENT_CLOSED, answer_status=message["status"])
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_logged)
+            if REFUSE_KEY in scope:  # the connection layer's verdict (too many connections)
+                err = scope[REFUSE_KEY]
+                entry["error"] = err.code
+                err.headers["Connection"] = "close"
+                await error_response(err)(scope, receive, send_logged)
+            else:
+                await self.app(scope, receive, send_logged)
+            if not entry["status"]:  # the app ended without an answer: never uvicorn's plain text
+                await error_response(ApiError(500, "internal server error"))(scope, receive, send_logged)
         except Exception as exc:  # answered already by the app's 500 handler; keep it out of the logs' way
             entry["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         finally:
+            if CLOSED_KEY in scope:
+                entry["client_closed"] = scope[CLOSED_KEY]
             entry["ms"] = round((time.monotonic() - t0) * 1000, 1)
             entry["ts"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
             self.write(entry)

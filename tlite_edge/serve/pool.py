@@ -27,22 +27,53 @@ FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
 SERVICE_EWMA = 0.2  # weight of the newest request in the average service time (for Retry-After)
 
 
+def _failure(stop: str) -> list[int]:
+    """KMP failure table: for each prefix length k, the longest proper border of ``stop[:k]``."""
+    table, k = [0] * (len(stop) + 1), 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = table[k]
+        if stop[i] == stop[k]:
+            k += 1
+        table[i + 1] = k
+    return table
+
+
 class StopMatcher:
-    """Streams text through, holding back what could be the start of a stop sequence."""
+    """Streams text through, holding back what could be the start of a stop sequence.
+
+    One automaton per stop sequence (Knuth-Morris-Pratt): each generated character is looked at a
+    constant number of times (amortized), so a long stop string costs time linear in the text.
+    """
 
     def __init__(self, stops: list[str]) -> None:
         self.stops, self.held = stops, ""
+        self.tables = [_failure(s) for s in stops]
+        self.states = [0] * len(stops)  # per stop: how many of its first characters end the text so far
+
+    def _step(self, i: int, ch: str) -> int:
+        stop, table, k = self.stops[i], self.tables[i], self.states[i]
+        if k == len(stop):
+            k = table[k]
+        while k and stop[k] != ch:
+            k = table[k]
+        if stop[k] == ch:
+            k += 1
+        self.states[i] = k
+        return k
 
     def feed(self, piece: str) -> tuple[str, bool]:
         """(text safe to send, whether a stop sequence was found: nothing after it is sent)."""
         text = self.held + piece
         if not self.stops:
             return text, False
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.held = ""
-            return text[: min(hits)], True
-        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        base = len(self.held)
+        for j, ch in enumerate(piece):
+            ends = [len(s) for i, s in enumerate(self.stops) if self._step(i, ch) == len(s)]
+            if ends:
+                self.held = ""
+                return text[: base + j + 1 - max(ends)], True
+        keep = max(self.states)
         self.held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep], False
 
@@ -163,7 +194,14 @@ def start_reply(engine: Engine, req: Request) -> Reply:
         )
     limit = req.max_tokens or min(engine.sampling.max_tokens or n_ctx, n_ctx - len(prompt))
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-    sampling = engine.sampling.with_(temp=req.temperature, top_p=req.top_p, seed=seed, max_tokens=limit)
+    sampling = engine.sampling.with_(
+        temp=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        repeat_penalty=req.repetition_penalty,
+        seed=seed,
+        max_tokens=limit,
+    )
     if req.kind == "chat":
         return chat.send(req.messages[-1]["content"], **sampling.as_dict())
     reply = Reply(chat, prompt, limit, sampling, t0)

@@ -6,17 +6,20 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_STOP_BYTES = 32 * 1024  # all stop sequences together, UTF-8
+LOG_KEY = "tlite_edge.log"  # the access-log entry of a request, in its ASGI scope
 
 
 class ApiError(Exception):
     """An error answered as ``{"error": {message, type, param, code}}`` with an HTTP status."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
+    TYPES = {401: "authentication_error", 403: "permission_error"}
 
     def __init__(
         self,
@@ -58,11 +61,12 @@ class Request:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
 
 
-# field -> (accepted types, check, what it must be); a value of None is always accepted (= default)
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -71,24 +75,56 @@ def _num(v: Any) -> bool:
     return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-OPTIONS: dict[str, tuple[Any, str]] = {
-    "max_tokens": (lambda v: _int(v) and v >= 1, "an integer of at least 1"),
-    "max_completion_tokens": (lambda v: _int(v) and v >= 1, "an integer of at least 1"),
-    "temperature": (lambda v: _num(v) and 0 <= v <= 2, "a number from 0 to 2"),
-    "top_p": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "seed": (lambda v: _int(v) and 0 <= v < 2**32 - 1, f"an integer from 0 to {2**32 - 2}"),
-    "n": (lambda v: v == 1 and _int(v), "1 (one choice per request)"),
-    "stream": (lambda v: isinstance(v, bool), "true or false"),
-    "presence_penalty": (lambda v: _num(v) and v == 0, "0 (penalties are not supported)"),
-    "frequency_penalty": (lambda v: _num(v) and v == 0, "0 (penalties are not supported)"),
-    "logprobs": (lambda v: v is False or v == 0, "false (log-probabilities are not supported)"),
-    "echo": (lambda v: v is False, "false (echo is not supported)"),
-    "best_of": (lambda v: v == 1 and _int(v), "1 (best_of is not supported)"),
-    "tools": (lambda v: v == [], "empty (tool calls are not supported)"),
-    "functions": (lambda v: v == [], "empty (function calls are not supported)"),
-    "logit_bias": (lambda v: v == {}, "empty (logit_bias is not supported)"),
-    "suffix": (lambda v: v == "", "empty (suffix is not supported)"),
-    "response_format": (lambda v: v == {"type": "text"}, '{"type": "text"} (JSON modes are not supported)'),
+CHAT, COMPLETION = frozenset({"chat"}), frozenset({"completion"})
+BOTH = CHAT | COMPLETION
+# Fields read by their own parser (and honoured): field -> the request kinds that take it.
+STRUCTURED: dict[str, frozenset[str]] = {
+    "model": BOTH,
+    "messages": CHAT,
+    "prompt": COMPLETION,
+    "stop": BOTH,
+    "stream_options": BOTH,
+    "user": BOTH,  # an end-user id for the provider's abuse checks: accepted, nothing to do with it here
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A plain-valued field: the kinds that take it, its check, what it must be, whether it is honoured
+    (False: accepted only at the value that means "off", anything else is refused)."""
+
+    kinds: frozenset[str]
+    ok: Callable[[Any], bool]
+    what: str
+    honoured: bool = True
+
+
+# a value of None is always accepted (= the default)
+OPTIONS: dict[str, Option] = {
+    "max_tokens": Option(BOTH, lambda v: _int(v) and v >= 1, "an integer of at least 1"),
+    "max_completion_tokens": Option(CHAT, lambda v: _int(v) and v >= 1, "an integer of at least 1"),
+    "temperature": Option(BOTH, lambda v: _num(v) and 0 <= v <= 2, "a number from 0 to 2"),
+    "top_p": Option(BOTH, lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": Option(BOTH, lambda v: _int(v) and 0 <= v <= 1000, "an integer from 0 (all tokens) to 1000"),
+    "repetition_penalty": Option(BOTH, lambda v: _num(v) and 0 < v <= 2, "a number in (0, 2] (1 = off)"),
+    "seed": Option(BOTH, lambda v: _int(v) and 0 <= v < 2**32 - 1, f"an integer from 0 to {2**32 - 2}"),
+    "stream": Option(BOTH, lambda v: isinstance(v, bool), "true or false"),
+    "n": Option(BOTH, lambda v: v == 1 and _int(v), "1 (one choice per request)", False),
+    "presence_penalty": Option(BOTH, lambda v: _num(v) and v == 0, "0 (use repetition_penalty)", False),
+    "frequency_penalty": Option(BOTH, lambda v: _num(v) and v == 0, "0 (use repetition_penalty)", False),
+    "logprobs": Option(BOTH, lambda v: v is False or v == 0, "false (no log-probabilities here)", False),
+    "top_logprobs": Option(CHAT, lambda v: v == 0 and _int(v), "0 (no log-probabilities here)", False),
+    "echo": Option(COMPLETION, lambda v: v is False, "false (echo is not supported)", False),
+    "best_of": Option(COMPLETION, lambda v: v == 1 and _int(v), "1 (best_of is not supported)", False),
+    "suffix": Option(COMPLETION, lambda v: v == "", "empty (suffix is not supported)", False),
+    "tools": Option(CHAT, lambda v: v == [], "empty (tool calls are not supported)", False),
+    "tool_choice": Option(CHAT, lambda v: v == "none", '"none" (tool calls are not supported)', False),
+    "functions": Option(CHAT, lambda v: v == [], "empty (function calls are not supported)", False),
+    "function_call": Option(CHAT, lambda v: v == "none", '"none" (function calls are not supported)', False),
+    "logit_bias": Option(BOTH, lambda v: v == {}, "empty (logit_bias is not supported)", False),
+    "response_format": Option(
+        CHAT, lambda v: v == {"type": "text"}, '{"type": "text"} (JSON modes are not supported)', False
+    ),
 }
 
 
@@ -150,21 +186,59 @@ def _stop(value: Any) -> list[str]:
         raise bad("stop must be a non-empty string or a list of them", param="stop")
     if len(stops) > MAX_STOP:
         raise bad(f"stop takes at most {MAX_STOP} sequences, got {len(stops)}", param="stop")
+    size = sum(len(s.encode("utf-8")) for s in stops)
+    if size > MAX_STOP_BYTES:
+        raise bad(f"stop sequences total {size} bytes, at most {MAX_STOP_BYTES}", param="stop")
     return stops
+
+
+def check_text(data: Any, path: str = "") -> None:
+    """Refuse (400 naming the field) any string or key that is not encodable UTF-8 (lone surrogates)."""
+    todo: list[tuple[Any, str]] = [(data, path)]
+    while todo:
+        value, where = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                name = where or "the request body"
+                raise bad(f"{name} is not valid UTF-8 (a lone surrogate?)", param=where or None) from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                todo.append((key, where or "a field name"))
+                todo.append((item, f"{where}.{key}" if where else str(key)))
+        elif isinstance(value, list):
+            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def check_fields(kind: str, data: dict[str, Any]) -> None:
+    """Every field is known for this kind of request: nothing is silently ignored."""
+    for name in data:
+        kinds = STRUCTURED.get(name) or (OPTIONS[name].kinds if name in OPTIONS else None)
+        if kinds is None:
+            raise bad(f"{name} is not a supported field", param=name, code="unsupported_parameter")
+        if kind not in kinds:
+            where = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+            raise bad(f"{name} is not a field of {where}", param=name, code="unsupported_parameter")
 
 
 def parse_request(kind: str, data: dict[str, Any], max_messages: int) -> Request:
     """Check a chat (``kind="chat"``) or completion request; raises ApiError 400 on the first problem."""
+    check_text(data)
+    check_fields(kind, data)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model is required (a string)", param="model")
-    for name, (ok, what) in OPTIONS.items():
+    for name, option in OPTIONS.items():
         value = data.get(name)
-        if value is not None and not ok(value):
-            raise bad(f"{name} must be {what}, got {json.dumps(value)[:60]}", param=name)
+        if value is not None and not option.ok(value):
+            raise bad(f"{name} must be {option.what}, got {json.dumps(value)[:60]}", param=name)
+    if data.get("user") is not None and not isinstance(data["user"], str):
+        raise bad("user must be a string", param="user")
     req = Request(kind=kind, model=model, stream=bool(data.get("stream")))
     req.max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
     req.temperature, req.top_p, req.seed = data.get("temperature"), data.get("top_p"), data.get("seed")
+    req.top_k, req.repetition_penalty = data.get("top_k"), data.get("repetition_penalty")
     if data.get("stop") is not None:
         req.stop = _stop(data["stop"])
     options = data.get("stream_options")

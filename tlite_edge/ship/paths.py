@@ -176,14 +176,28 @@ def check_name(name: str, what: str = "name", *, allow_tag: bool = False) -> str
     return name
 
 
-def writable_root(folder: Path) -> None:
-    """One clear line unless ``folder`` (or its nearest existing parent) is a writable folder."""
+def nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest parent that exists."""
     probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
+    return probe
+
+
+def writable_root(folder: Path, link_from: Path | None = None) -> None:
+    """One clear line unless ``folder`` (or its nearest existing parent) is a writable folder on a real
+    filesystem (not /proc or /sys), and, for a hard link from ``link_from``, on the same filesystem."""
+    probe = nearest_existing(folder)
     if not probe.is_dir():
         raise TliteError(probe, "is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:
+        fs = os.statvfs(probe)
+    except (OSError, AttributeError):  # AttributeError: Windows has no statvfs
+        fs = None
+    if fs is not None and fs.f_blocks == 0:
+        raise TliteError(probe, "is on a special filesystem (like /proc or /sys): cannot keep files there")
+    if not os.access(probe, os.W_OK | os.X_OK) or (fs is not None and fs.f_flag & os.ST_RDONLY):
         raise TliteError(probe, "folder is read-only: cannot write there")
+    if link_from is not None and os.stat(link_from).st_dev != os.stat(probe).st_dev:
+        why = "is on another filesystem than the model: cannot hardlink; use --link copy or symlink"
+        raise TliteError(probe, why)

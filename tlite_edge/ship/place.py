@@ -71,8 +71,11 @@ class Placer:
     def write_text(self, dst: Path, text: str) -> None:
         self.mkdirs(dst.parent)
         self._claim(dst)
-        with atomic_output(dst) as fh:
-            fh.write(text.encode("utf-8"))
+        try:
+            with atomic_output(dst) as fh:
+                fh.write(text.encode("utf-8"))
+        except OSError as exc:
+            raise TliteError(dst, f"cannot write ({describe_os_error(exc)})") from None
 
     def place(self, src: Path, dst: Path, link: str) -> str:
         """Copy or link ``src`` to ``dst``; return the sha256 that was verified at ``dst``."""

@@ -7,6 +7,7 @@ to do next (stream a reply, exit, or nothing), printing to a rich ``Console``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -93,7 +94,7 @@ def parse_setting(key: str, value: str) -> tuple[str, Any]:
         number = setting.kind(value)
     except ValueError:
         number = None
-    if number is None or number != number or not setting.check(number):  # number != number: NaN
+    if number is None or not math.isfinite(number) or not setting.check(number):  # no nan, no inf
         raise TliteError(None, f"{name} must be {setting.rule}, got {value!r}")
     return name, number
 
