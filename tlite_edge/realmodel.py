@@ -32,6 +32,7 @@ from tlite_edge.checkpoint.tokenizer import (
 )
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output
+from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
 from tlite_edge.gguf_build.tensor_map import TENSOR_TABLE
 from tlite_edge.standin import write_safetensors
 
@@ -200,7 +201,7 @@ def _tokenizer_config(meta: dict[str, Any], context: int) -> dict[str, Any]:
     }
     for role in ("bos", "eos", "pad", "unk"):
         key = "padding" if role == "pad" else "unknown" if role == "unk" else role
-        idx = meta.get(f"tokenizer.ggml.{key}_token_id")
+        idx = meta.get(SPECIAL_TOKEN_KEYS[key])
         if idx is not None:
             cfg[f"{role}_token"] = tokens[idx]
     if Keys.Tokenizer.CHAT_TEMPLATE in meta:

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tlite_edge.gguf.keys import GGML_TOKENIZER_PREFIX
 from tlite_edge.gguf.reader import read_header
 from tlite_edge.memory import ram_needed
 from tlite_edge.quant.profiles import Profile, load_profiles, select
@@ -53,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def quantize_levels(src: Path, args: argparse.Namespace, console: Console) -> list[QuantResult]:
     """Run (or dry-run) every chosen level of ``src``; used by quantize and convert."""
     profiles = select(load_profiles(args.profiles), args.levels)
-    meta = {k: v for k, v in read_header(src).kv.items() if not k.startswith("tokenizer.ggml.")}
+    meta = {k: v for k, v in read_header(src).kv.items() if not k.startswith(GGML_TOKENIZER_PREFIX)}
     base = str(meta.get(Keys.General.NAME) or src.stem.rsplit("-", 1)[0])
     imatrix = None
     if args.imatrix is not None:

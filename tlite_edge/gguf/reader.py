@@ -14,6 +14,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, Keys
 
 from tlite_edge.errors import TliteError
+from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
 from tlite_edge.gguf.writer import SCALAR_FORMATS
 
 SKIP_VALUES = {Keys.Tokenizer.LIST, Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.MERGES}
@@ -215,7 +216,7 @@ def summary_from_header(header: GGUFHeader, path: Path, size: int) -> GGUFSummar
     tokens = header.kv.get(Keys.Tokenizer.LIST) or []
     special: dict[str, dict[str, Any]] = {}
     for key in ("bos", "eos", "eot", "padding"):
-        tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+        tid = meta.get(SPECIAL_TOKEN_KEYS[key])
         if isinstance(tid, int) and isinstance(tokens, list) and 0 <= tid < len(tokens):
             special[key] = {"id": tid, "text": tokens[tid]}
     return GGUFSummary(

@@ -14,6 +14,7 @@ from gguf import Keys
 from tlite_edge.checkpoint.hfconfig import LlamaConfig
 from tlite_edge.checkpoint.tokenizer import Vocab
 from tlite_edge.errors import TliteError
+from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
 from tlite_edge.gguf.writer import GGUFLayout
 
 FINETUNES = ("instruct", "chat", "it", "base")
@@ -154,15 +155,10 @@ def add_tokenizer_metadata(layout: GGUFLayout, vocab: Vocab, chat_template: str)
     layout.add(Keys.Tokenizer.LIST, VT.ARRAY, vocab.tokens, VT.STRING)
     layout.add(Keys.Tokenizer.TOKEN_TYPE, VT.ARRAY, vocab.token_types, VT.INT32)
     layout.add(Keys.Tokenizer.MERGES, VT.ARRAY, vocab.merges, VT.STRING)
-    special = (
-        ("bos_token_id", vocab.bos_id),
-        ("eos_token_id", vocab.eos_id),
-        ("eot_token_id", vocab.eot_id),
-        ("padding_token_id", vocab.pad_id),
-    )
-    for key, value in special:
+    special = (("bos", vocab.bos_id), ("eos", vocab.eos_id), ("eot", vocab.eot_id), ("padding", vocab.pad_id))
+    for role, value in special:
         if value is not None:
-            layout.add(f"tokenizer.ggml.{key}", VT.UINT32, value)
+            layout.add(SPECIAL_TOKEN_KEYS[role], VT.UINT32, value)
     # Raw text gets exactly one BOS from the runtime; the template writes its own BOS, which
     # llama-cpp-python and llama-server recognise so that chat prompts never get two.
     layout.add(Keys.Tokenizer.ADD_BOS, VT.BOOL, vocab.bos_id is not None and vocab.add_bos)

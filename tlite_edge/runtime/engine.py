@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 import llama_cpp
+from gguf import Keys
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from tlite_edge.chat_template import check_size, template_failure, time_limit
 from tlite_edge.errors import TliteError
+from tlite_edge.gguf.keys import GGML_TOKENIZER_PREFIX
 from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.memory import ram_needed
 from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, recommend
@@ -33,11 +35,11 @@ if TYPE_CHECKING:
 SUPPORTED_ARCHITECTURES = ("llama",)
 # Sampling field -> GGUF key (llama.cpp's general.sampling.* defaults written by model authors).
 GGUF_SAMPLING_KEYS = {
-    "temp": "general.sampling.temp",
-    "top_p": "general.sampling.top_p",
-    "top_k": "general.sampling.top_k",
-    "min_p": "general.sampling.min_p",
-    "repeat_penalty": "general.sampling.penalty_repeat",
+    "temp": Keys.General.SAMPLING_TEMP,
+    "top_p": Keys.General.SAMPLING_TOP_P,
+    "top_k": Keys.General.SAMPLING_TOP_K,
+    "min_p": Keys.General.SAMPLING_MIN_P,
+    "repeat_penalty": Keys.General.SAMPLING_PENALTY_REPEAT,
 }
 GIB = 2**30
 # How the template may transform a message's content before printing it (Llama-3: ``| trim``).
@@ -96,10 +98,10 @@ class EngineSettings:
 def check_model(path: str | Path) -> GGUFHeader:
     """The GGUF header, or one line: not a GGUF, damaged/truncated, or not a supported architecture."""
     header = read_header(path)
-    arch = header.kv.get("general.architecture")
+    arch = header.kv.get(Keys.General.ARCHITECTURE)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise TliteError(path, f"architecture {arch!r} is not supported (supported: llama)")
-    if f"{arch}.block_count" not in header.kv or not header.tensors:
+    if Keys.LLM.BLOCK_COUNT.format(arch=arch) not in header.kv or not header.tensors:
         raise TliteError(path, "no model in this GGUF (vocabulary or metadata only)")
     return header
 
@@ -157,7 +159,7 @@ class Engine:
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.formatter = Jinja2ChatFormatter(
-            template=meta["tokenizer.chat_template"],
+            template=meta[Keys.Tokenizer.CHAT_TEMPLATE],
             eos_token=self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab))),
             bos_token=self.token_text(self.bos),
             add_generation_prompt=True,
@@ -185,9 +187,9 @@ class Engine:
     ) -> Engine:
         """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers."""
         header = check_model(path)
-        meta = {k: v for k, v in header.kv.items() if not k.startswith("tokenizer.ggml.")}
-        meta["tokenizer.chat_template"] = header.kv.get("tokenizer.chat_template")
-        if not meta["tokenizer.chat_template"]:
+        meta = {k: v for k, v in header.kv.items() if not k.startswith(GGML_TOKENIZER_PREFIX)}
+        meta[Keys.Tokenizer.CHAT_TEMPLATE] = header.kv.get(Keys.Tokenizer.CHAT_TEMPLATE)
+        if not meta[Keys.Tokenizer.CHAT_TEMPLATE]:
             raise TliteError(path, "the GGUF has no chat template (tokenizer.chat_template)")
         hw = hardware or probe()
         warnings: list[str] = []
@@ -223,7 +225,7 @@ class Engine:
             raise TliteError(path, f"chat template does not compile ({template_failure(exc)})") from None
         settings = EngineSettings(
             path=str(path),
-            architecture=str(meta["general.architecture"]),
+            architecture=str(meta[Keys.General.ARCHITECTURE]),
             # llama.cpp pads its context (to 256), llama-cpp-python's token arrays keep the size asked for
             n_ctx=min(llm.n_ctx(), ctx),
             n_ctx_train=train_ctx,

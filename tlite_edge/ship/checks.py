@@ -12,6 +12,7 @@ from gguf import Keys
 
 from tlite_edge.chat_template import LLAMA3_TEMPLATE, PROBES, render
 from tlite_edge.gguf.edit import Change
+from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
 from tlite_edge.gguf.reader import GGUFHeader
 from tlite_edge.gguf_build.verify import TOKENIZER_PARITY
 
@@ -112,7 +113,7 @@ class Model:
         return self.kv.get(Keys.Tokenizer.MODEL) == "gpt2" and all(m in self.ids for m in LLAMA3_MARKERS)
 
     def token(self, key: str) -> str | None:
-        tid = self.kv.get(f"tokenizer.ggml.{key}_token_id")
+        tid = self.kv.get(SPECIAL_TOKEN_KEYS[key])
         return self.tokens[tid] if isinstance(tid, int) and 0 <= tid < len(self.tokens) else None
 
 
