@@ -30,10 +30,10 @@ def main() -> int:
 
     from tlite_edge.chat_template import resolve_chat_template
     from tlite_edge.checkpoint.tokenizer import load_vocab
-    from tlite_edge.gguf_build.convert import convert
+    from tlite_edge.gguf_build.build import convert
     from tlite_edge.gguf_build.probes import merge_sensitive_words, probe_strings
     from tlite_edge.gguf_build.verify import template_parity, tokenizer_parity, vocab_only
-    from tlite_edge.standin import write_standin
+    from tlite_edge.samples.standin import write_standin
 
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)

@@ -23,11 +23,11 @@ from pathlib import Path
 from mdreport import replace_section, stamp
 
 from tlite_edge.evaluate.plot import Point, plot_kld_vs_size
-from tlite_edge.gguf_build.convert import convert
+from tlite_edge.gguf_build.build import convert
 from tlite_edge.quant.imatrix import collect, load_imatrix, write_imatrix
 from tlite_edge.quant.profiles import load_profiles
 from tlite_edge.quant.quantize import quantize
-from tlite_edge.realmodel import gguf_to_hf, smollm2_gguf
+from tlite_edge.samples.smollm2 import gguf_to_hf, smollm2_gguf
 from tlite_edge.texts import default_text
 
 SECTION = "## Quality per level on Russian text (SmolLM2-135M-Instruct, `tlite-edge eval`)"

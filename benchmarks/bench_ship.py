@@ -31,8 +31,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--update-md", type=Path)
     args = ap.parse_args()
-    from tlite_edge.gguf_build.convert import convert
-    from tlite_edge.standin import write_standin
+    from tlite_edge.gguf_build.build import convert
+    from tlite_edge.samples.standin import write_standin
 
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)

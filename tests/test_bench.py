@@ -12,7 +12,7 @@ import pytest
 from conftest import make_looping, run_cli
 
 from tlite_edge.gguf.reader import GGUFHeader, read_header
-from tlite_edge.runtime import Engine
+from tlite_edge.runtime import Chat, Engine
 from tlite_edge.runtime.bare import BareLlama
 from tlite_edge.runtime.bench import TARGETS, weight_bytes_per_token
 
@@ -83,7 +83,7 @@ def test_weight_bytes_per_token() -> None:
 
 def test_bare_loop_decodes_like_the_engine(looping: Path) -> None:
     engine = Engine.load(looping, ctx=256, seed=0)
-    reply = engine.chat().send("Считай", temp=0.0, max_tokens=10)
+    reply = Chat(engine).send("Считай", temp=0.0, max_tokens=10)
     reply.result()
     params = [type(p).from_buffer_copy(p) for p in (engine.llm.model_params, engine.llm.context_params)]
     engine.close()

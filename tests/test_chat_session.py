@@ -10,7 +10,7 @@ import pytest
 from conftest import make_rigged
 
 from tlite_edge.errors import TliteError
-from tlite_edge.runtime import Engine
+from tlite_edge.runtime import Chat, Engine
 from tlite_edge.tui.session import (
     EXIT,
     HISTORY_ENV,
@@ -38,7 +38,7 @@ def session(engine: Engine, system: str | None = None) -> tuple[ChatSession, io.
 
     out = io.StringIO()
     console = Console(file=out, width=200, force_terminal=False, color_system=None)
-    return ChatSession(engine, engine.chat(system=system), console), out
+    return ChatSession(engine, Chat(engine, system=system), console), out
 
 
 GOOD = [

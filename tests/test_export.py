@@ -135,22 +135,23 @@ def test_ollama_prints_the_exact_command_without_ollama(model: Path, tmp_path: P
     empty = tmp_path / "bin"
     empty.mkdir()
     proc = run_cli(
-        "export", model, "--to", "ollama", "--dir", tmp_path / "mf",
-        env={"PATH": str(empty), "HOME": str(tmp_path), "COLUMNS": "300"},
-    )  # fmt: skip
-    assert proc.returncode == 2 and "does not exist" in proc.stderr  # --dir must exist
-    (tmp_path / "mf").mkdir()
-    proc = run_cli(
-        "export", model, "--to", "ollama", "--dir", tmp_path / "mf",
+        "export", model, "--to", "ollama", "--dir", tmp_path / "mf" / "new",
         env={"PATH": str(empty), "HOME": str(tmp_path), "OLLAMA_MODELS": "/srv/ollama", "COLUMNS": "300"},
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # a missing --dir is created, parents too
     name = model.stem.lower()
-    target = tmp_path / "mf" / f"{name}.Modelfile"
+    target = tmp_path / "mf" / "new" / f"{name}.Modelfile"
     assert f"ollama create {name} -f {target}" in proc.stdout
     assert "/srv/ollama ($OLLAMA_MODELS)" in proc.stdout
     from_line = target.read_text(encoding="utf-8").splitlines()[1]
     assert from_line == f"FROM {model.resolve()}"  # another folder: absolute path
+
+
+def test_missing_app_dir_is_created(model: Path, home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "apps" / "lmstudio-models"
+    proc = run_cli("export", model, "--to", "lmstudio", "--dir", folder, env={"COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in folder.rglob("*.gguf")] == [model.name]
 
 
 @pytest.mark.parametrize("os_name", paths.OSES)

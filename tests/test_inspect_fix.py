@@ -12,7 +12,7 @@ from conftest import EOT, make_rigged, run_cli
 from tokenizers import Tokenizer
 
 from tlite_edge.gguf.reader import read_header
-from tlite_edge.standin import llama3_tokenizer_json
+from tlite_edge.samples.standin import llama3_tokenizer_json
 
 REPLY = "Добрый день!"
 RUSSIAN = " даже глаза"  # split differently under the smaug-bpe label

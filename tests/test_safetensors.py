@@ -11,7 +11,7 @@ import pytest
 
 from tlite_edge.checkpoint.safetensors import MAX_HEADER_BYTES, SafetensorsFile
 from tlite_edge.errors import TliteError
-from tlite_edge.standin import bf16, write_safetensors
+from tlite_edge.samples.standin import bf16, write_safetensors
 
 
 def _raw(path: Path, header: dict, data: bytes) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import make_rigged, run_cli
+from conftest import RealModel, make_rigged, run_cli
 from servers import Server
 
 from tlite_edge.runtime import Engine, Message
@@ -216,7 +216,7 @@ def test_non_loopback_needs_a_key(rigged: tuple[Path, list[int]]) -> None:
 
 
 def test_loopback_detection() -> None:
-    from tlite_edge.commands.serve import is_loopback
+    from tlite_edge.serve.server import is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.10")
@@ -313,7 +313,7 @@ def test_stream_time_limit(busy_server: Server) -> None:
             pass
     assert "time limit" in exc.value.message
     busy_server.wait_idle(timeout=2)
-    entry = [e for e in busy_server.log if e.get("path") == "/v1/chat/completions"][-1]
+    entry = busy_server.entry(stream.response.headers["x-request-id"])  # waits for the line to be written
     assert entry["error"] == "timeout" and entry["cancelled"] == "timeout" and entry["completion_tokens"] > 0
 
 
@@ -371,20 +371,12 @@ def test_stop_matcher(pieces: list[str], sent: str, found: bool) -> None:
     assert (out, hit) == (sent, found)
 
 
-def test_real_model(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_real_model(smollm2: RealModel) -> None:
     """SmolLM2-135M-Instruct (its own ChatML template, <|im_end|> ends the turn) through the server."""
-    from tlite_edge.gguf_build.convert import convert
-    from tlite_edge.realmodel import gguf_to_hf, smollm2_gguf
-
-    name = "SmolLM2-135M-Instruct"
-    hf = gguf_to_hf(
-        smollm2_gguf(tmp_path_factory.mktemp("smollm2-cache")), tmp_path_factory.mktemp("hf") / name
-    )
-    gguf = convert(hf, name=name, outtype="f32", out_dir=tmp_path_factory.mktemp("smollm2-gguf")).path
-    srv = Server(gguf, "--ctx", "512", "--threads", "1")
+    srv = Server(smollm2.ours, "--ctx", "512", "--threads", "1")
     try:
         out = client(srv, key="unused").chat.completions.create(
-            model=gguf.stem,
+            model=smollm2.ours.stem,
             messages=[{"role": "user", "content": "What is the capital of France?"}],
             temperature=0,
             max_tokens=48,

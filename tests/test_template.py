@@ -9,7 +9,7 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from tlite_edge.standin import UPSTREAM_TEMPLATE
+from tlite_edge.samples.standin import UPSTREAM_TEMPLATE
 
 BOS = 128000
 TURNS = [

@@ -18,9 +18,9 @@ from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import sidecar_notes
 from tlite_edge.gguf.reader import read_header
 from tlite_edge.gguf_build import metadata
-from tlite_edge.gguf_build.convert import convert
+from tlite_edge.gguf_build.build import convert
 from tlite_edge.gguf_build.probes import MIN_PROBES, merge_sensitive_words, probe_strings
-from tlite_edge.standin import standin_tokenizer
+from tlite_edge.samples.standin import standin_tokenizer
 
 BOS = 128000
 # (ignore_merges, BOS post-processor) -> the label llama.cpp needs to split like HF tokenizers

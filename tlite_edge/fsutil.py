@@ -59,6 +59,16 @@ def atomic_output(
         raise
 
 
+def make_dirs(folder: Path) -> None:
+    """Create an output folder and its parents (one clear line when that is not possible)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise TliteError(folder, "output folder path is a file") from None
+    except OSError as exc:
+        raise TliteError(folder, f"cannot create the output folder ({describe_os_error(exc)})") from None
+
+
 def temp_path(target: Path) -> Path:
     """A fresh, empty temporary file next to ``target`` (same filesystem, so rename is atomic)."""
     fd, name = _mkstemp(target)

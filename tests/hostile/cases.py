@@ -46,11 +46,11 @@ EXPORT_CASES["export-lmstudio-publisher"] = (
     "../up",
     BAD_NAME,
 )
-EXPORT_CASES["export-jan-missing-folder"] = (
+EXPORT_CASES["export-jan-dir-is-a-file"] = (
     _nothing,
-    ("export", "{model}", "--to", "jan", "--dir", "{out}/no-such-app"),
-    "{out}/no-such-app",
-    r"not found",
+    ("export", "{model}", "--to", "jan", "--dir", "{model}"),
+    "{model}",
+    r"--dir is not a folder",
 )
 
 CASES: dict[str, tuple[Builder, tuple[str, ...], str, str]] = {

@@ -10,8 +10,8 @@ import pytest
 from conftest import DOUBLE_NEWLINE, STANDIN_NAME
 from hostile_kit import run_bounded
 
-from tlite_edge.gguf_build.convert import convert
-from tlite_edge.standin import llama3_tokenizer_json, write_standin
+from tlite_edge.gguf_build.build import convert
+from tlite_edge.samples.standin import llama3_tokenizer_json, write_standin
 
 
 def byte_token(value: int) -> str:

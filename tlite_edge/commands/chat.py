@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlite_edge.commands.run import _check, _seed, add_session_arguments
+from tlite_edge.commands._options import add_session_arguments, check_session, load_engine
 from tlite_edge.errors import TliteError
 
 if TYPE_CHECKING:
@@ -29,19 +29,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args)
+    check_session(args)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if not interactive:
         text = sys.stdin.read().rstrip("\n")
         if not text.strip():
             raise TliteError("<stdin>", "no message: stdin is empty")
-    from tlite_edge.runtime.engine import Engine  # heavy import, only for this verb
-
-    engine = Engine.load(args.model, ctx=args.ctx, threads=args.threads, seed=_seed(args.seed))
+    engine = load_engine(args)
     sampling = engine.sampling.with_(
         temp=args.temp, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens
     )
-    chat = engine.chat(system=args.system, sampling=sampling)
+    from tlite_edge.runtime import Chat
+
+    chat = Chat(engine, system=args.system, sampling=sampling)
     if interactive:
         from rich.console import Console
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tlite_edge.commands.quantize import add_quant_arguments, quantize_levels
+from tlite_edge.commands._options import add_quant_arguments, run_levels
 from tlite_edge.fsutil import sidecar_path
-from tlite_edge.gguf_build.convert import convert
+from tlite_edge.gguf_build.build import convert
 from tlite_edge.gguf_build.tensor_map import OUTTYPES
 from tlite_edge.source import DEFAULT_SOURCE, resolve_source
 
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not result.verified:
         console.print("[yellow]unverified[/]: tokenizer and template parity not checked (--no-verify)")
     if args.levels:
-        args.out_dir = result.path.parent
-        quantize_levels(result.path, args, console)
+        run_levels(result.path, args, console, result.path.parent)
         if not args.keep_bf16:
             result.path.unlink()
             sidecar_path(result.path).unlink(missing_ok=True)

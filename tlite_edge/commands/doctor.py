@@ -36,7 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def diagnose(model: Path | None, ctx: int | None, extra_profiles: list[Path]) -> dict[str, Any]:
     """Everything the report shows, as plain data."""
-    from tlite_edge.memory import ram_needed
     from tlite_edge.quant.profiles import load_profiles
     from tlite_edge.runtime.engine import check_model
     from tlite_edge.runtime.fit import (
@@ -45,6 +44,7 @@ def diagnose(model: Path | None, ctx: int | None, extra_profiles: list[Path]) ->
         TLITE_PARAMS,
         model_context,
         profile_fits,
+        ram_needed,
         recommend,
     )
     from tlite_edge.runtime.hardware import probe

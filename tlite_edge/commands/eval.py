@@ -12,14 +12,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from tlite_edge.evaluate.core import EvalReport, evaluate
 from tlite_edge.evaluate.plot import Point, plot_kld_vs_size, require_matplotlib, short_labels
+from tlite_edge.evaluate.table import results_table
 from tlite_edge.evaluate.topk import DEFAULT_TOP_K
 from tlite_edge.fsutil import atomic_output
-
-MIB = 2**20
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,46 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="threads (default: physical cores)")
     p.add_argument("--cpu", action="store_true", help="no GPU offload even when llama.cpp has a GPU backend")
     p.set_defaults(func=run)
-
-
-def results_table(report: EvalReport) -> Table:
-    ref = report.reference
-    t = report.text
-    table = Table(
-        "model",
-        "size MiB",
-        "bits/weight",
-        "PPL",
-        "ΔPPL",
-        "mean KLD",
-        "p99 KLD",
-        "top-1",
-        title=f"quality vs {ref['name']}: {t['chunks']} chunks × {report.settings['ctx']} tokens, "
-        f"{t['scored_tokens']} scored",
-    )
-    table.add_row(
-        f"{ref['name']} (reference)",
-        f"{ref['file_bytes'] / MIB:,.1f}",
-        f"{ref['bits_per_weight']:.2f}",
-        f"{ref['ppl']:.3f}",
-        "",
-        "",
-        "",
-        "",
-    )
-    for c in report.candidates:
-        m = c.model
-        table.add_row(
-            m.name,
-            f"{m.file_bytes / MIB:,.1f}",
-            f"{m.bits_per_weight:.2f}",
-            f"{c.ppl:.3f}",
-            f"{(c.ppl_ratio - 1) * 100:+.2f} %",
-            f"{c.kld_mean:.5f} ± {c.kld_mean_stderr:.5f}",
-            f"{c.kld_p99:.4f}",
-            f"{c.top1 * 100:.2f} %",
-        )
-    return table
 
 
 def write_plot(report: EvalReport, out: Path) -> Path:

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tlite_edge.errors import TliteError
+from tlite_edge.fsutil import sidecar_notes
 from tlite_edge.gguf.reader import read_header
 from tlite_edge.ship.apps import APPS, ExportOptions, ExportPlan, plan_export
 from tlite_edge.ship.checks import find_problems
-from tlite_edge.ship.paths import FOLDERS, writable_root
-from tlite_edge.ship.place import LINKS, Placer
+from tlite_edge.ship.export import check_steps, execute, run_command
+from tlite_edge.ship.paths import FOLDERS
+from tlite_edge.ship.place import LINKS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,49 +52,11 @@ def show_plan(plan: ExportPlan, console: Console, dry_run: bool) -> None:
         console.print(f"note: {escape(note)}")
 
 
-def check_steps(plan: ExportPlan, src: Path, link: str) -> None:
-    """What can be known before writing: every target folder writable, hard links on one filesystem."""
-    for step in plan.steps:
-        linked = step.render is None and link == "hardlink"
-        writable_root(step.path.parent, link_from=src if linked else None)
-
-
-def execute(plan: ExportPlan, src: Path, force: bool, console: Console) -> None:
-    """Run the steps; on any failure remove what was created and re-raise."""
-    for step in plan.steps:
-        if not force and (step.path.exists() or step.path.is_symlink()):
-            raise TliteError(step.path, "already exists; pass --force to replace it")
-    placer = Placer(force=force)
-    digest = ""
-    try:
-        for step in plan.steps:
-            if step.render is None:
-                digest = placer.place(src, step.path, step.action)
-                console.print(f"[green]{step.action}[/] {escape(str(step.path))} sha256 {digest} verified")
-            else:
-                placer.write_text(step.path, step.render(digest))
-                console.print(f"[green]wrote[/] {escape(str(step.path))}")
-    except BaseException:
-        placer.undo()
-        raise
-
-
-def run_command(command: list[str], console: Console) -> None:
-    exe = shutil.which(command[0])
-    if exe is None:
-        console.print(f"{command[0]} is not on PATH; run:\n  {shlex.join(command)}", highlight=False)
-        return
-    console.print(f"running {shlex.join(command)}", highlight=False)
-    proc = subprocess.run([exe, *command[1:]], check=False)
-    if proc.returncode != 0:
-        raise TliteError(command[0], f"`{shlex.join(command)}` failed with exit code {proc.returncode}")
-
-
 def run(args: argparse.Namespace) -> int:
     console = Console()
     opts = ExportOptions(args.link, args.name, args.publisher, args.system, args.dir)
     plan = plan_export(args.to, args.file, opts)
-    for finding in find_problems(read_header(args.file)):
+    for finding in find_problems(read_header(args.file), sidecar_notes(args.file)):
         console.print(f"[yellow]warning[/]: {escape(finding.message)} (see tlite-edge inspect --fix)")
     show_plan(plan, console, args.dry_run)
     check_steps(plan, args.file, args.link)
@@ -103,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if plan.command:
             console.print(f"then: {shlex.join(plan.command)}", highlight=False)
         return 0
-    execute(plan, args.file, args.force, console)
+    execute(plan, args.file, args.force, log=lambda line: console.print(escape(line), highlight=False))
     if plan.command:
-        run_command(plan.command, console)
+        run_command(plan.command, log=lambda line: console.print(line, highlight=False))
     return 0

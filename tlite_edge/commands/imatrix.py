@@ -33,23 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_text(path: Path) -> str:
-    """A calibration text file as str (UTF-8), or one clear line."""
-    if not path.exists():
-        raise TliteError(path, "no such file")
-    if not path.is_file():
-        raise TliteError(path, "not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise TliteError(path, f"not UTF-8 text (bad byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise TliteError(path, exc.strerror or str(exc)) from None
-    if not text.strip():
-        raise TliteError(path, "calibration text is empty")
-    return text
-
-
 def output_path(args: argparse.Namespace) -> Path:
     out = args.output or Path(f"{args.model.name.removesuffix('.gguf')}.imatrix.gguf")
     if out.is_dir():
@@ -89,7 +72,8 @@ def chunk_progress(console: Console) -> Iterator[Callable[[int, int, int], None]
 
 
 def run(args: argparse.Namespace) -> int:
-    from tlite_edge.quant.imatrix import collect, physical_cores, write_imatrix  # loads llama.cpp
+    from tlite_edge.quant.imatrix import physical_cores  # loads llama.cpp
+    from tlite_edge.quant.levels import calibrate
     from tlite_edge.texts import default_text
 
     console = Console()
@@ -100,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         path, dataset = default_text()
         console.print(f"text: {escape(str(path))} (default Russian calibration text, {dataset})")
     else:
-        path, dataset = args.text, str(args.text)
-        console.print(f"text: {escape(str(path))}")
-    text = read_text(path)
+        console.print(f"text: {escape(str(args.text))}")
     threads = args.threads if args.threads is not None else physical_cores()
 
     with chunk_progress(console) as progress:
@@ -117,16 +99,15 @@ def run(args: argparse.Namespace) -> int:
             progress(done, total, n_tokens)
 
         t0 = time.perf_counter()
-        imatrix = collect(
+        _, imatrix = calibrate(
             args.model,
-            text,
+            out,
+            text=args.text,
             ctx=args.ctx,
             chunks=args.chunks,
             threads=threads,
-            dataset=dataset,
             progress=report,
         )
-    write_imatrix(imatrix, out)
     console.print(
         f"[green]wrote[/] {escape(str(out))} ({len(imatrix.entries)} weights, {imatrix.chunk_count} chunks × "
         f"{imatrix.chunk_size} tokens, {time.perf_counter() - t0:.1f} s)"

@@ -13,9 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import sidecar_notes
-from tlite_edge.gguf.reader import GGUFSummary, read_header, summarize
-from tlite_edge.ship.checks import Finding, find_problems
+from tlite_edge.gguf.reader import GGUFSummary
+from tlite_edge.ship.checks import Finding, inspect_gguf
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,20 +87,15 @@ def fix(args: argparse.Namespace, console: Console) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.tokenizer is not None and args.fix is None:
         raise TliteError(args.file, "--tokenizer goes with --fix OUT")
-    summary = summarize(args.file)
-    verified = sidecar_notes(args.file)
-    findings = find_problems(read_header(args.file), verified)
+    report = inspect_gguf(args.file)
     console = Console(stderr=args.json)
     if args.json:
-        info = summary.as_dict()
-        info["warnings"] = [{"code": f.code, "message": f.message, "fixable": f.fixable} for f in findings]
-        info["verified"] = verified
-        print(json.dumps(info, ensure_ascii=False, indent=1))
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
     else:
-        render(summary, console)
-        for line in verified:
+        render(report.summary, console)
+        for line in report.verified:
             console.print(f"[green]verified[/] when written: {escape(line)}")
-        render_findings(findings, console)
+        render_findings(report.findings, console)
     if args.fix is not None:
         fix(args, console)
     return 0

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 
-from tlite_edge.commands.quantize import tensor_columns
+from tlite_edge.commands._options import level_progress
 from tlite_edge.ship.card import UPSTREAM
 from tlite_edge.ship.release import ReleaseOptions, build_release, check_repo, push
 from tlite_edge.source import DEFAULT_SOURCE, REPO_ID
@@ -66,15 +65,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         revision=args.revision,
     )
-    columns = tensor_columns()
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(level: str, i: int, n: int, name: str) -> None:
-            if level not in tasks:
-                tasks[level] = progress.add_task(level, total=n, tensor="")
-            progress.update(tasks[level], completed=i, total=n, tensor=name)
-
+    with level_progress(console) as advance:
         rows = build_release(
             args.source, args.out, opts, log=lambda line: console.print(escape(line)), advance=advance
         )

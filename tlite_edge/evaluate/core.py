@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from tlite_edge.errors import TliteError
-from tlite_edge.evaluate.runner import Chunks, LogitsModel, check_same_vocabulary, read_text, vocabulary
+from tlite_edge.evaluate.runner import Chunks, LogitsModel, check_same_vocabulary, vocabulary
 from tlite_edge.evaluate.topk import DEFAULT_TOP_K, Scores, TopK, score
 from tlite_edge.gguf.reader import summarize
+from tlite_edge.texts import read_text
 
 SCHEMA = "tlite-edge.eval/1"
 

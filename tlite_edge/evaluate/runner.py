@@ -28,21 +28,6 @@ MIN_CTX = 16
 MAX_UBATCH = 512
 
 
-def read_text(path: Path) -> str:
-    """The evaluation text, or one line saying why it cannot be used."""
-    if not path.exists():
-        raise TliteError(path, "no such file")
-    if not path.is_file():
-        raise TliteError(path, "not a file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TliteError(path, f"not UTF-8 text (byte {exc.start})") from None
-    if not text.strip():
-        raise TliteError(path, "the text is empty")
-    return text
-
-
 def vocabulary(path: Path) -> list[str]:
     """The GGUF's token list (checked as a loadable Llama model first)."""
     tokens = check_model(path).kv.get(Keys.Tokenizer.LIST)

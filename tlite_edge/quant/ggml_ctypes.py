@@ -17,12 +17,16 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from tlite_edge.errors import TliteError
+
 GGML_MAX_DIMS = 4
 GGML_MAX_SRC = 10
 GGML_MAX_OP_PARAMS = 64
 GGML_MAX_NAME = 64
 GGML_OBJECT_SIZE = 32  # sizeof(struct ggml_object) on 64-bit platforms
 
+# The llama-cpp-python release these mirrors were checked against (pyproject.toml pins the same range).
+CHECKED_LLAMA_CPP = "0.3.36"
 GGML_TYPE_F32 = 0
 GGML_OP_MUL_MAT = 29  # enum ggml_op, checked against ggml_op_name() at load time
 GGML_OP_MUL_MAT_ID = 30
@@ -92,13 +96,20 @@ def libggml() -> ctypes.CDLL:
     lib.ggml_get_next_tensor.argtypes = [ctypes.c_void_p, TensorP]
     size = lib.ggml_tensor_overhead() - GGML_OBJECT_SIZE
     if size != ctypes.sizeof(GGMLTensor):
-        raise RuntimeError(
-            f"{path}: struct ggml_tensor is {size} bytes, the mirror {ctypes.sizeof(GGMLTensor)}"
-        )
+        layout_mismatch(f"struct ggml_tensor is {size} bytes, our mirror {ctypes.sizeof(GGMLTensor)}")
     for op, name in ((GGML_OP_MUL_MAT, b"MUL_MAT"), (GGML_OP_MUL_MAT_ID, b"MUL_MAT_ID")):
         if lib.ggml_op_name(op) != name:
-            raise RuntimeError(f"{path}: ggml op {op} is {lib.ggml_op_name(op)!r}, expected {name!r}")
+            layout_mismatch(f"ggml op {op} is {lib.ggml_op_name(op)!r}, expected {name!r}")
     return lib
+
+
+def layout_mismatch(what: str) -> None:
+    """One line: the installed llama-cpp-python's ggml differs from the one our ctypes mirrors know."""
+    raise TliteError(
+        f"llama-cpp-python {llama_cpp.__version__}",
+        f"{what}: tlite-edge's ctypes mirrors were checked against {CHECKED_LLAMA_CPP}; "
+        f"install llama-cpp-python=={CHECKED_LLAMA_CPP}",
+    )
 
 
 def gguf_tensor_dims(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]] | None:

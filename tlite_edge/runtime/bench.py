@@ -23,7 +23,9 @@ import numpy as np
 
 from tlite_edge.gguf.reader import GGUFHeader
 from tlite_edge.runtime.bare import BareLlama
+from tlite_edge.runtime.chat import Chat
 from tlite_edge.runtime.engine import Engine, check_model
+from tlite_edge.runtime.types import Sampling
 
 # Text for synthetic prompts: a turn is "Вопрос N. " followed by as many of these words as needed.
 FILLER_TEXT = (
@@ -101,7 +103,7 @@ def user_text(engine: Engine, n_tokens: int, tag: str, *, exact: bool = False) -
 
 def pp_text(engine: Engine, n_tokens: int) -> str:
     """A user message whose whole prompt (template included) is about ``n_tokens`` tokens."""
-    overhead = len(engine.chat().prompt_for(""))
+    overhead = len(Chat(engine).prompt_for(""))
     return user_text(engine, max(n_tokens - overhead, 1), "Вопрос 0.")
 
 
@@ -109,10 +111,10 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
-def _ours_run(engine: Engine, text: str, sampling: Any) -> tuple[list[int], Any]:
+def _ours_run(engine: Engine, text: str, sampling: Sampling) -> tuple[list[int], Any]:
     """One cold pp + tg run through ``Chat.send``: (prompt ids, reply stats)."""
     engine.llm.reset()  # a cold prompt: evaluate it all
-    reply = engine.chat(sampling=sampling).send(text)
+    reply = Chat(engine, sampling=sampling).send(text)
     reply.result()
     return reply.prompt, reply.stats
 
@@ -148,7 +150,7 @@ def _turns(engine: Engine, cfg: BenchConfig, step: Callable[[str], None]) -> dic
     for rep in range(cfg.reps):
         step(f"ours: {cfg.turns}-turn chat, run {rep + 1}/{cfg.reps}")
         engine.llm.reset()
-        chat = engine.chat(sampling=sampling)
+        chat = Chat(engine, sampling=sampling)
         for k, text in enumerate(texts):
             reply = chat.send(text)
             reply.result()
@@ -181,12 +183,12 @@ def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -
     load_s = time.perf_counter() - t0
     text = pp_text(engine, cfg.pp)
     sampling = engine.sampling.with_(temp=0.0, repeat_penalty=1.0, max_tokens=cfg.tg)
-    engine.chat(sampling=sampling).send(text, max_tokens=4).result()  # warm-up: buffers for the batch size
+    Chat(engine, sampling=sampling).send(text, max_tokens=4).result()  # warm-up: buffers for the batch size
     turns = _turns(engine, cfg, step)
     rss = peak_rss()  # before the bare loop maps the weights a second time
     settings, llm = engine.settings, engine.llm
     params = [type(p).from_buffer_copy(p) for p in (llm.model_params, llm.context_params)]
-    prompt = engine.chat().prompt_for(text)
+    prompt = Chat(engine).prompt_for(text)
     interleave = settings.gpu_layers == 0
     ours_runs: list[tuple[list[int], Any]] = []
     if not interleave:

@@ -1,9 +1,9 @@
 """A conversation on an ``Engine``: streamed replies, KV-cache reuse across turns, context overflow, stop.
 
-``Chat.send(text)`` returns a ``Reply``: iterate it for text pieces (whole UTF-8 characters), call
-``reply.stop()`` (or just stop iterating) to end it early; the history keeps what was said. Each
-turn evaluates only the prompt tokens the KV cache does not already hold (llama-cpp-python's prefix
-match); ``reply.stats`` counts them.
+``Chat(engine, system=..., sampling=...)`` starts one. ``Chat.send(text)`` returns a ``Reply``:
+iterate it for text pieces (whole UTF-8 characters), call ``reply.stop()`` (or just stop iterating)
+to end it early; the history keeps what was said. Each turn evaluates only the prompt tokens the KV
+cache does not already hold (llama-cpp-python's prefix match); ``reply.stats`` counts them.
 """
 
 from __future__ import annotations
@@ -11,68 +11,21 @@ from __future__ import annotations
 import codecs
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
 from tlite_edge.errors import TliteError
+from tlite_edge.runtime.types import Message, ReplyStats, Sampling, reply_budget
 
 if TYPE_CHECKING:
-    from tlite_edge.runtime.engine import Engine, Sampling
+    from tlite_edge.runtime.engine import Engine
 
 NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL callback
 RESERVE_SHARE = 4  # with max_tokens=None, keep n_ctx // 4 free for the reply (never more than half)
 # On overflow, drop turns until this share of n_ctx is free as well: the next turns then extend the
 # cached prefix instead of re-evaluating a shifted window every time.
 SLACK_SHARE = 4
-
-
-@dataclass
-class Message:
-    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse)."""
-
-    role: str
-    content: str
-    tokens: list[int] | None = None
-
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
-
-
-@dataclass
-class ReplyStats:
-    prompt_tokens: int = 0  # the whole prompt of this turn
-    evaluated_tokens: int = 0  # prompt tokens actually evaluated (the rest came from the KV cache)
-    generated_tokens: int = 0  # reply tokens, the end-of-turn token not counted
-    prompt_seconds: float = 0.0  # llama.cpp's time evaluating the prompt
-    generation_seconds: float = 0.0  # first to last token
-    time_to_first_token: float = 0.0  # from send() to the first sampled token
-    finish_reason: str = ""  # "stop" (end of turn), "length", "stopped"; "" while running
-    dropped_messages: int = 0  # oldest messages left out to fit the context
-    notices: list[str] = field(default_factory=list)
-    _decodes: int = field(default=0, repr=False)  # tokens sampled after the first (one decode each)
-
-    @property
-    def prompt_tokens_per_s(self) -> float:
-        return self.evaluated_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
-
-    @property
-    def decoded_tokens(self) -> int:
-        """Reply tokens fed back through the model (one decode each) within ``generation_seconds``."""
-        return self._decodes
-
-    @property
-    def generation_tokens_per_s(self) -> float:
-        return self._decodes / self.generation_seconds if self.generation_seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        out.update(
-            prompt_tokens_per_s=round(self.prompt_tokens_per_s, 2),
-            generation_tokens_per_s=round(self.generation_tokens_per_s, 2),
-        )
-        return out
 
 
 class Utf8Stream:
@@ -227,7 +180,11 @@ class Reply:
 class Chat:
     """One conversation: a system message, the turns, and the window of them that fits the context."""
 
-    def __init__(self, engine: Engine, system: str | None = None, sampling: Sampling | None = None):
+    def __init__(
+        self, engine: Engine, *, system: str | None = None, sampling: Sampling | None = None
+    ) -> None:
+        """A new conversation on ``engine`` (conversations on one engine share its KV cache by
+        prefix); ``sampling`` defaults to the engine's (the GGUF's own ``general.sampling.*``)."""
         self.engine = engine
         self.sampling = sampling or engine.sampling
         self.messages: list[Message] = [Message("system", system)] if system else []
@@ -261,16 +218,14 @@ class Chat:
     def send(self, text: str, **sampling: Any) -> Reply:
         """Add a user turn and start the reply; ``sampling`` overrides fields of ``Sampling``."""
         t0 = time.perf_counter()
-        active = self.engine.active
-        if active is not None and not active.done:  # one generation at a time per llama.cpp context
-            active.close()
+        self.engine.claim()  # one generation at a time per llama.cpp context
         s = self.sampling.with_(**sampling)
         n_ctx = self.engine.n_ctx
         reserve = min(s.max_tokens or n_ctx // RESERVE_SHARE, n_ctx // 2)
         user = Message("user", text)
         start, prompt = self._fit(user, reserve)
         dropped = start - self.start
-        limit = min(s.max_tokens or n_ctx, n_ctx - len(prompt))
+        limit = reply_budget(n_ctx, len(prompt), s.max_tokens)
         self.start = start
         self.messages.append(user)
         reply = Reply(self, prompt, limit, s, t0)
@@ -283,7 +238,22 @@ class Chat:
             )
         if s.max_tokens and limit < s.max_tokens:
             reply.stats.notices.append(f"reply limited to {limit} tokens by the context ({n_ctx})")
-        self.reply = self.engine.active = reply
+        return self._start(reply)
+
+    def complete(self, prompt: list[int], sampling: Sampling, *, t0: float | None = None) -> Reply:
+        """A reply that continues raw prompt ids (a text completion, the history untouched), at most
+        ``sampling.max_tokens`` long and never past the context; ``t0``: when the request began."""
+        t0 = time.perf_counter() if t0 is None else t0
+        n_ctx = self.engine.n_ctx
+        if len(prompt) >= n_ctx:
+            raise TliteError(None, f"prompt too long: {len(prompt)} tokens, the context {n_ctx}")
+        limit = reply_budget(n_ctx, len(prompt), sampling.max_tokens)
+        return self._start(Reply(self, prompt, limit, sampling, t0))
+
+    def _start(self, reply: Reply) -> Reply:
+        """``reply`` becomes this chat's and the engine's current one (an unfinished one is closed)."""
+        self.reply = reply
+        self.engine.claim(reply)
         return reply
 
     def _fit(self, user: Message, reserve: int) -> tuple[int, list[int]]:

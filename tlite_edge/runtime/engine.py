@@ -12,9 +12,9 @@ import ctypes
 import math
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import llama_cpp
@@ -25,52 +25,14 @@ from tlite_edge.chat_template import check_size, template_failure, time_limit
 from tlite_edge.errors import TliteError
 from tlite_edge.gguf.keys import GGML_TOKENIZER_PREFIX
 from tlite_edge.gguf.reader import GGUFHeader, read_header
-from tlite_edge.memory import ram_needed
-from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, recommend
+from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, ram_needed, recommend
 from tlite_edge.runtime.hardware import Hardware, probe
-
-if TYPE_CHECKING:
-    from tlite_edge.runtime.chat import Chat, Message, Reply
+from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-# Sampling field -> GGUF key (llama.cpp's general.sampling.* defaults written by model authors).
-GGUF_SAMPLING_KEYS = {
-    "temp": Keys.General.SAMPLING_TEMP,
-    "top_p": Keys.General.SAMPLING_TOP_P,
-    "top_k": Keys.General.SAMPLING_TOP_K,
-    "min_p": Keys.General.SAMPLING_MIN_P,
-    "repeat_penalty": Keys.General.SAMPLING_PENALTY_REPEAT,
-}
 GIB = 2**30
 # How the template may transform a message's content before printing it (Llama-3: ``| trim``).
 CONTENT_TRANSFORMS: tuple[Callable[[str], str], ...] = (lambda s: s, str.strip)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed."""
-
-    temp: float = 0.6
-    top_p: float = 0.9
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    max_tokens: int | None = 1024
-    seed: int | None = None
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> Sampling:
-        """Our defaults, replaced by the GGUF's ``general.sampling.*`` values where present."""
-        kinds = {f.name: f.type for f in fields(cls)}
-        found = {k: meta[key] for k, key in GGUF_SAMPLING_KEYS.items() if meta.get(key) is not None}
-        return cls(**{k: (int(v) if kinds[k] == "int" else float(v)) for k, v in found.items()})
-
-    def with_(self, **changes: Any) -> Sampling:
-        """A copy with the given fields changed; ``None`` values are ignored."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -153,7 +115,7 @@ class Engine:
         self.meta = meta
         self.hardware = hw
         self.sampling = Sampling.from_metadata(meta)
-        self.active: Reply | None = None  # the reply generating on this context (Chat.send closes it)
+        self._active: Generation | None = None  # the reply generating on this context
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
@@ -245,11 +207,18 @@ class Engine:
             llm.close()
             raise TliteError(path, f"chat template does not compile ({template_failure(exc)})") from None
 
-    def chat(self, system: str | None = None, sampling: Sampling | None = None) -> Chat:
-        """A new conversation on this engine (conversations share the KV cache by prefix)."""
-        from tlite_edge.runtime.chat import Chat
+    @property
+    def active(self) -> Generation | None:
+        """The reply generating on this context, if any (set through ``claim``)."""
+        return self._active
 
-        return Chat(self, system=system, sampling=sampling)
+    def claim(self, reply: Generation | None = None) -> None:
+        """Give the context to ``reply`` (None: to the reply about to be made). One generation at a
+        time per llama.cpp context: an unfinished one is closed first (its text stays in its chat)."""
+        active = self._active
+        if active is not None and active is not reply and not active.done:
+            active.close()
+        self._active = reply
 
     def close(self) -> None:
         self.llm.close()

@@ -1,4 +1,8 @@
-"""Which quantization level and context fit a machine: weights from bits per weight, RAM from memory.py."""
+"""How much memory a GGUF needs to run, and which quantization level and context fit a machine.
+
+RAM needed = weights + KV cache at a context length + compute buffers; weights of a level that is
+not made yet come from its bits per weight.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
-from tlite_edge.memory import ram_needed
 from tlite_edge.quant.profiles import Profile
 
 # T-lite-instruct-0.1 (Llama-3-8B shape): what a missing MODEL stands for.
@@ -45,8 +48,38 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "MOSTLY_Q2_K": 3.17,
     "MOSTLY_IQ2_M": 3.01,
 }
+KV_BYTES = 2  # llama.cpp's default f16 K and V cache
+BATCH = 512  # llama.cpp's default logical batch: logits and activations are sized by it
 HEADROOM = 0.85  # use at most this share of the memory that is free
 MIN_CTX = 512
+
+
+def kv_cache_bytes(meta: dict[str, Any], ctx: int) -> int:
+    """K and V for every layer at ``ctx`` tokens."""
+    arch = meta.get(Keys.General.ARCHITECTURE, "llama")
+    layers = int(meta[Keys.LLM.BLOCK_COUNT.format(arch=arch)])
+    heads = int(meta[Keys.Attention.HEAD_COUNT.format(arch=arch)])
+    kv_heads = int(meta.get(Keys.Attention.HEAD_COUNT_KV.format(arch=arch)) or heads)
+    head_dim = int(
+        meta.get(Keys.Attention.KEY_LENGTH.format(arch=arch))
+        or meta[Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)] // heads
+    )
+    return 2 * layers * ctx * kv_heads * head_dim * KV_BYTES
+
+
+def compute_bytes(meta: dict[str, Any], ctx: int) -> int:
+    """Logits for one batch plus the attention scores and activations of one batch (upper estimate)."""
+    arch = meta.get(Keys.General.ARCHITECTURE, "llama")
+    vocab = int(meta.get(Keys.LLM.VOCAB_SIZE.format(arch=arch)) or 0)
+    hidden = int(meta[Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)])
+    ffn = int(meta.get(Keys.LLM.FEED_FORWARD_LENGTH.format(arch=arch)) or 4 * hidden)
+    heads = int(meta[Keys.Attention.HEAD_COUNT.format(arch=arch)])
+    return 4 * BATCH * (vocab + 4 * hidden + 2 * ffn + heads * min(ctx, BATCH * 8))
+
+
+def ram_needed(weights_bytes: int, meta: dict[str, Any], ctx: int) -> int:
+    """Memory to run a model with ``weights_bytes`` of weights at ``ctx`` tokens of context."""
+    return weights_bytes + kv_cache_bytes(meta, ctx) + compute_bytes(meta, ctx)
 
 
 def bits_per_weight(ftype: str) -> float:

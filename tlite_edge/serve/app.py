@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.pool import Job, Outcome, Pool
 from tlite_edge.serve.protocol import LOG_KEY, ApiError, Shaper, bad, parse_json, parse_request, sse
 from tlite_edge.serve.wire import CLOSED_KEY, DROPPED_KEY, REFUSE_KEY
@@ -185,7 +186,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
                 code="model_not_found",
                 param="model",
             )
-        if req.max_tokens and req.max_tokens > cfg.n_ctx:
+        if req.max_tokens and reply_budget(cfg.n_ctx, 0, req.max_tokens) < req.max_tokens:
             raise bad(f"max_tokens is {req.max_tokens}, more than the context ({cfg.n_ctx})", "max_tokens")
         deadline = time.monotonic() + cfg.timeout
         job = await pool.submit(req, deadline)

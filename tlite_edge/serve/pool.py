@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.protocol import ApiError, Request, Usage
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class Job:
 
 def start_reply(engine: Engine, req: Request) -> Reply:
     """The runtime reply for a chat or completion request, checked against the context."""
-    from tlite_edge.runtime.chat import Chat, Reply
+    from tlite_edge.runtime.chat import Chat
 
     t0 = time.perf_counter()
     n_ctx = engine.n_ctx
@@ -178,13 +179,13 @@ def start_reply(engine: Engine, req: Request) -> Reply:
         chat = Chat.from_messages(engine, req.messages[:-1])
         prompt = chat.prompt_for(req.messages[-1]["content"])
     else:
-        chat = engine.chat()
+        chat = Chat(engine)
         prompt = engine.tokenize(req.prompt, special=False)
         if engine.add_bos:
             prompt.insert(0, engine.bos)
         if not prompt:
             raise ApiError(400, "prompt is empty", code="invalid_value", param="prompt")
-    if len(prompt) >= n_ctx or (req.max_tokens and len(prompt) + req.max_tokens > n_ctx):
+    if reply_budget(n_ctx, len(prompt), req.max_tokens) < (req.max_tokens or 1):
         want = f" + {req.max_tokens} max_tokens" if req.max_tokens else ""
         raise ApiError(
             400,
@@ -192,7 +193,6 @@ def start_reply(engine: Engine, req: Request) -> Reply:
             code="context_length_exceeded",
             param="messages" if req.kind == "chat" else "prompt",
         )
-    limit = req.max_tokens or min(engine.sampling.max_tokens or n_ctx, n_ctx - len(prompt))
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     sampling = engine.sampling.with_(
         temp=req.temperature,
@@ -200,13 +200,11 @@ def start_reply(engine: Engine, req: Request) -> Reply:
         top_k=req.top_k,
         repeat_penalty=req.repetition_penalty,
         seed=seed,
-        max_tokens=limit,
+        max_tokens=reply_budget(n_ctx, len(prompt), req.max_tokens or engine.sampling.max_tokens),
     )
     if req.kind == "chat":
         return chat.send(req.messages[-1]["content"], **sampling.as_dict())
-    reply = Reply(chat, prompt, limit, sampling, t0)
-    chat.reply = engine.active = reply
-    return reply
+    return chat.complete(prompt, sampling, t0=t0)
 
 
 class Pool:

@@ -80,9 +80,7 @@ def _pick(given: str | None, default: str) -> str:
 
 def _ollama(facts: ModelFacts, opts: ExportOptions, loc: Location) -> ExportPlan:
     name = check_name(_pick(opts.name, facts.path.stem.lower()), "Ollama model name", allow_tag=True)
-    folder = opts.folder or facts.path.parent
-    if not folder.is_dir():
-        raise TliteError(folder, "folder for the Modelfile does not exist")
+    folder = opts.folder or facts.path.parent  # a missing --dir is created when the plan runs
     target = folder / f"{name.replace(':', '-')}.Modelfile"
     text = modelfile(
         facts.path,
@@ -169,7 +167,9 @@ def plan_export(app: str, gguf: Path, opts: ExportOptions) -> ExportPlan:
     facts = ModelFacts.read(gguf)
     use_dir = opts.folder is not None and app != "ollama"  # Ollama: --dir is where the Modelfile goes
     loc = Location(opts.folder, "--dir") if use_dir and opts.folder else locate(app)
-    if app != "ollama" and not loc.folder.is_dir():
+    if opts.folder is not None and opts.folder.exists() and not opts.folder.is_dir():
+        raise TliteError(opts.folder, "--dir is not a folder")
+    if app != "ollama" and not use_dir and not loc.folder.is_dir():  # a missing --dir is created
         spec = FOLDERS[app]
         hint = f"set ${spec.env[0]} or pass --dir" if spec.env else "pass --dir"
         raise TliteError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -11,9 +12,10 @@ from gguf import GGUFValueType as VT
 from gguf import Keys
 
 from tlite_edge.chat_template import LLAMA3_TEMPLATE, PROBES, render
+from tlite_edge.fsutil import sidecar_notes
 from tlite_edge.gguf.edit import Change
 from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
-from tlite_edge.gguf.reader import GGUFHeader
+from tlite_edge.gguf.reader import GGUFHeader, GGUFSummary, read_header, summarize
 from tlite_edge.gguf_build.verify import TOKENIZER_PARITY
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
@@ -236,3 +238,26 @@ def find_problems(header: GGUFHeader, verified: Sequence[str] = ()) -> list[Find
     """Known problems of a GGUF; ``verified`` are the parity lines recorded with it (its sidecar)."""
     model = Model.of(header, verified)
     return [f for check in CHECKS if (f := check(model)) is not None]
+
+
+@dataclass
+class Inspection:
+    """What ``inspect`` reports: the summary, known problems, and what was proved when it was written."""
+
+    summary: GGUFSummary
+    findings: list[Finding]
+    verified: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        info = self.summary.as_dict()
+        info["warnings"] = [
+            {"code": f.code, "message": f.message, "fixable": f.fixable} for f in self.findings
+        ]
+        info["verified"] = self.verified
+        return info
+
+
+def inspect_gguf(path: Path) -> Inspection:
+    """Summary, problems and recorded proofs (the ``.sha256`` file's notes) of one GGUF."""
+    verified = sidecar_notes(path)
+    return Inspection(summarize(path), find_problems(read_header(path), verified), verified)

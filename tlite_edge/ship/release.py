@@ -15,13 +15,12 @@ from gguf import Keys
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import _umask, atomic_output, sha256_file, sidecar_notes, sidecar_path
 from tlite_edge.gguf.reader import read_header
+from tlite_edge.quant.levels import Advance, quantize_levels
 from tlite_edge.quant.profiles import Profile, load_profiles, select
-from tlite_edge.quant.quantize import quantize
 from tlite_edge.ship.card import UPSTREAM, FileRow, read_eval, render_card
 from tlite_edge.ship.checks import find_problems
-from tlite_edge.texts import default_text
 
-Advance = Callable[[str, int, int, str], None]  # level, tensor i, of n, tensor name
+IMATRIX_NOTE = "importance matrix (llama-imatrix GGUF format; `llama-quantize --imatrix` reads it)"
 
 
 @dataclass
@@ -74,7 +73,7 @@ def bf16_source(source: str, work: Path, opts: ReleaseOptions, log: Callable[[st
     if path.is_file():
         read_header(path)
         return path
-    from tlite_edge.gguf_build.convert import convert
+    from tlite_edge.gguf_build.build import convert
     from tlite_edge.source import resolve_source
 
     folder, name = resolve_source(source, opts.revision)
@@ -87,18 +86,16 @@ def bf16_source(source: str, work: Path, opts: ReleaseOptions, log: Callable[[st
 
 def make_imatrix(bf16: Path, work: Path, base: str, opts: ReleaseOptions, log: Callable[[str], None]) -> Path:
     """The release's imatrix file: the one given (copied) or one calibrated on the default text."""
-    from tlite_edge.quant import imatrix as im
+    from tlite_edge.quant.imatrix import load_imatrix
+    from tlite_edge.quant.levels import calibrate
 
     target = work / f"{base}.imatrix.gguf"
     if opts.imatrix is not None:
-        im.load_imatrix(opts.imatrix, bf16)  # validates against the model
+        load_imatrix(opts.imatrix, bf16)  # validates against the model
         shutil.copyfile(opts.imatrix, target)
         return target
-    text_path, dataset = default_text()
-    log(f"calibrating on {dataset}")
-    text = text_path.read_text(encoding="utf-8")
-    imatrix = im.collect(bf16, text, ctx=opts.ctx, chunks=opts.chunks, threads=opts.threads, dataset=dataset)
-    return im.write_imatrix(imatrix, target)
+    log("calibrating on the default Russian text")
+    return calibrate(bf16, target, ctx=opts.ctx, chunks=opts.chunks, threads=opts.threads)[0]
 
 
 def write_sums(folder: Path) -> Path:
@@ -156,26 +153,30 @@ def _build(
     kv = header.kv
     base = str(kv.get(Keys.General.NAME) or bf16.stem.rsplit("-", 1)[0])
     extra: dict[str, str] = {}
-    imp = None
+    imatrix = None
     if opts.imatrix is not None or opts.calibrate:
-        from tlite_edge.quant.imatrix import load_imatrix
-
-        imx = make_imatrix(bf16, work, base, opts, log)
-        imp = load_imatrix(imx, bf16)
-        extra[imx.name] = "importance matrix (llama-imatrix GGUF format; `llama-quantize --imatrix` reads it)"
+        imatrix = make_imatrix(bf16, work, base, opts, log)
+        extra[imatrix.name] = (
+            "importance matrix (llama-imatrix GGUF format; `llama-quantize --imatrix` reads it)"
+        )
+    results = quantize_levels(
+        bf16,
+        profiles,
+        work,
+        imatrix=imatrix,
+        threads=opts.threads,
+        base=base,
+        advance=advance,
+        done=lambda r: log(f"quantized {r.profile}"),
+    )
     rows: list[FileRow] = []
-    for profile in profiles:
-        dst = work / profile.output_name(base)
-        log(f"quantizing {profile.name}")
-
-        def step(i: int, n: int, name: str, level: str = profile.name) -> None:
-            if advance is not None:
-                advance(level, i, n, name)
-
-        result = quantize(bf16, profile, dst, imatrix=imp, threads=opts.threads, advance=step)
-        sidecar_path(dst).unlink(missing_ok=True)
-        size = dst.stat().st_size
-        rows.append(FileRow(dst.name, size, profile.name, result.bpw, profile.target, profile.description))
+    for profile, result in zip(profiles, results, strict=True):
+        assert result.path is not None
+        sidecar_path(result.path).unlink(missing_ok=True)
+        size = result.path.stat().st_size
+        rows.append(
+            FileRow(result.path.name, size, profile.name, result.bpw, profile.target, profile.description)
+        )
     if opts.keep_bf16:
         kept = work / bf16.name
         if bf16.parent.resolve() != work.resolve():

@@ -75,7 +75,7 @@ KEYS = [
     ("Enter", "send"),
     ("Alt-Enter or Esc Enter", "new line"),
     ("\\ at the end of a line", "new line"),
-    ('""" ... """', "a multi-line block: Enter adds lines until the closing \"\"\""),
+    ('""" ... """', 'a multi-line block: Enter adds lines until the closing """'),
     ("Up / Down, Ctrl-R", "history (kept between runs)"),
     ("Ctrl-C", "stop the reply; at the prompt, clear the line"),
     ("//text", "send a message that starts with /"),
@@ -132,16 +132,16 @@ def load_transcript(path: Path, base: Sampling) -> tuple[list[dict[str, str]], S
     except json.JSONDecodeError as exc:
         raise TliteError(path, f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(data, dict) or data.get("format") != TRANSCRIPT_FORMAT:
-        raise TliteError(path, f"not a saved chat (no \"format\": \"{TRANSCRIPT_FORMAT}\")")
+        raise TliteError(path, f'not a saved chat (no "format": "{TRANSCRIPT_FORMAT}")')
     if data.get("version") != TRANSCRIPT_VERSION:
         raise TliteError(path, f"unsupported version {data.get('version')!r} (expected {TRANSCRIPT_VERSION})")
     messages = data.get("messages")
     if not isinstance(messages, list):
-        raise TliteError(path, "\"messages\" must be a list")
+        raise TliteError(path, '"messages" must be a list')
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise TliteError(path, f"messages[{i}] must be an object with exactly \"role\" and \"content\"")
+            raise TliteError(path, f'messages[{i}] must be an object with exactly "role" and "content"')
         if m["role"] not in ROLES or (m["role"] == "system" and i != 0):
             raise TliteError(path, f"messages[{i}].role must be {'/'.join(ROLES)} (system only first)")
         if not isinstance(m["content"], str):
@@ -149,7 +149,7 @@ def load_transcript(path: Path, base: Sampling) -> tuple[list[dict[str, str]], S
         out.append({"role": m["role"], "content": m["content"]})
     sampling = data.get("sampling", {})
     if not isinstance(sampling, dict):
-        raise TliteError(path, "\"sampling\" must be an object")
+        raise TliteError(path, '"sampling" must be an object')
     changes = {}
     for key, value in sampling.items():
         try:

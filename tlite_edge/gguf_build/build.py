@@ -1,4 +1,4 @@
-"""Convert a Hugging Face Llama folder to one GGUF file, one tensor (or row block) at a time."""
+"""The converter: a Hugging Face Llama folder -> one GGUF file, one tensor (or row block) at a time."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tlite_edge.checkpoint.hfconfig import load_config
 from tlite_edge.checkpoint.safetensors import count_nonfinite
 from tlite_edge.checkpoint.shards import Checkpoint
 from tlite_edge.checkpoint.tokenizer import load_vocab
-from tlite_edge.fsutil import atomic_output
+from tlite_edge.fsutil import atomic_output, make_dirs
 from tlite_edge.gguf.writer import COPY_CHUNK, GGUFLayout, HashingSink
 from tlite_edge.gguf_build import metadata
 from tlite_edge.gguf_build.tensor_map import OUTTYPES, TensorPlan, permute_rows, plan_tensors
@@ -85,9 +85,11 @@ def write_tensor(sink: HashingSink, ckpt: Checkpoint, plan: TensorPlan, head_dim
 
 
 def output_path(name: str, outtype: str, outfile: Path | None, out_dir: Path | None) -> Path:
-    """``--outfile`` as given, else ``<out_dir>/<Name>-<TYPE>.gguf``."""
+    """``--outfile`` as given, else ``<out_dir>/<Name>-<TYPE>.gguf`` (``out_dir`` created if missing)."""
     if outfile is not None:
         return outfile
+    if out_dir is not None:
+        make_dirs(out_dir)
     return (out_dir or Path(".")) / f"{name}-{outtype.upper()}.gguf"
 
 
