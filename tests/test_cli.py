@@ -54,3 +54,4 @@ def test_demo(tmp_path: Path) -> None:
     assert "6. chat (Q4_K_M, tlite_edge.runtime)" in out and "8 generated" in out
     assert "This was a stand-in" in out and "tlite-edge convert t-bank-ai/T-lite-instruct-0.1" in out
     assert (tmp_path / "demo" / "T-lite-standin-instruct-0.1-BF16.gguf").is_file()
+    assert "7. a real model: SmolLM2-135M-Instruct" in out and "The capital of France is Paris." in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +46,6 @@ def test_sources_extracted(llamacpp_src: Path) -> None:
     assert (llamacpp_src / "gguf-py" / "gguf" / "__init__.py").is_file()
 
 
-def test_full_bf16(standin_dir: Path, llamacpp_src: Path, llamacpp_cache: Path, tmp_path: Path) -> None:
-    """The stand-in as T-lite ships it (ignore_merges true, no BOS post-processor), tensors included."""
-    t0 = time.perf_counter()
-    out = llamacpp_convert(standin_dir, tmp_path / "ref-BF16.gguf", cache=llamacpp_cache)
-    print(f"\nllama.cpp convert (bf16, full): {time.perf_counter() - t0:.1f}s")
-    header = read_header(out)
-    kv = header.kv
-    assert kv["general.file_type"] == 32  # LLAMA_FTYPE_MOSTLY_BF16
-    assert kv["tokenizer.ggml.pre"] == "smaug-bpe"
-    assert kv["tokenizer.ggml.add_bos_token"] is False
-    assert (kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"]) == (BOS, EOT)
-    types = {name: qtype for name, _, qtype in header.tensors}
-    assert len(types) == 3 + 9 * 2
-    assert {types[n] for n in types if n.endswith("norm.weight")} == {F32}
-    assert {types[n] for n in types if not n.endswith("norm.weight")} == {BF16}
-    assert dict((n, d) for n, d, _ in header.tensors)["token_embd.weight"] == (256, VOCAB)
-
-
 # (ignore_merges, bos_post_processor) -> (tokenizer.ggml.pre, add_bos_token). llama.cpp's pre-tokenizer
 # probe hashes the ids of one text encoded with the BOS the post-processor adds, so only the
 # post-processor changes the label; ignore_merges does not show in the probe.
@@ -72,21 +55,50 @@ VARIANTS = {
     "ignore_merges_absent": (None, False, "smaug-bpe", False),
     "bos_post_processor": (True, True, "llama-bpe", True),
 }
+FULL = ("ignore_merges", "no_ignore_merges")  # converted with their tensors (inspect --fix needs them)
+
+
+@pytest.fixture(scope="module")
+def converted(
+    llamacpp_src: Path, llamacpp_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], tuple[Path, Path]]:
+    """variant -> (its stand-in folder, llama.cpp's GGUF of it), each converted once per module."""
+    done: dict[str, tuple[Path, Path]] = {}
+
+    def get(variant: str) -> tuple[Path, Path]:
+        if variant not in done:
+            ignore_merges, post_processor, _, _ = VARIANTS[variant]
+            base = tmp_path_factory.mktemp(f"llamacpp-{variant}")
+            folder = write_standin(
+                base / STANDIN_NAME, ignore_merges=ignore_merges, bos_post_processor=post_processor
+            )
+            t0 = time.perf_counter()
+            out = llamacpp_convert(
+                folder, base / "ref-BF16.gguf", vocab_only=variant not in FULL, cache=llamacpp_cache
+            )
+            print(f"\nllama.cpp convert ({variant}): {time.perf_counter() - t0:.1f}s")
+            done[variant] = folder, out
+        return done[variant]
+
+    return get
+
+
+def test_full_bf16(converted: Callable[[str], tuple[Path, Path]]) -> None:
+    """The stand-in as T-lite ships it (ignore_merges true, no BOS post-processor), tensors included."""
+    header = read_header(converted("ignore_merges")[1])
+    kv = header.kv
+    assert kv["general.file_type"] == 32  # LLAMA_FTYPE_MOSTLY_BF16
+    types = {name: qtype for name, _, qtype in header.tensors}
+    assert len(types) == 3 + 9 * 2
+    assert {types[n] for n in types if n.endswith("norm.weight")} == {F32}
+    assert {types[n] for n in types if not n.endswith("norm.weight")} == {BF16}
+    assert dict((n, d) for n, d, _ in header.tensors)["token_embd.weight"] == (256, VOCAB)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_tokenizer_variant(
-    variant: str, llamacpp_src: Path, llamacpp_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    ignore_merges, post_processor, pre, add_bos = VARIANTS[variant]
-    base = tmp_path_factory.mktemp(f"llamacpp-{variant}")
-    folder = write_standin(
-        base / STANDIN_NAME, ignore_merges=ignore_merges, bos_post_processor=post_processor
-    )
-    t0 = time.perf_counter()
-    out = llamacpp_convert(folder, base / "vocab.gguf", vocab_only=True, cache=llamacpp_cache)
-    print(f"\nllama.cpp convert ({variant}, vocab only): {time.perf_counter() - t0:.1f}s")
-    kv = gguf_kv(out)
+def test_tokenizer_variant(variant: str, converted: Callable[[str], tuple[Path, Path]]) -> None:
+    _, _, pre, add_bos = VARIANTS[variant]
+    kv = gguf_kv(converted(variant)[1])
     assert (kv["tokenizer.ggml.pre"], kv["tokenizer.ggml.add_bos_token"]) == (pre, add_bos)
     assert kv["tokenizer.ggml.model"] == "gpt2"
     assert kv["tokenizer.ggml.add_eos_token"] is False
@@ -110,13 +122,12 @@ def tensor_bytes(path: Path) -> bytes:
 
 @pytest.mark.parametrize("ignore_merges", [True, False])
 def test_inspect_fix_on_llamacpp_output(
-    ignore_merges: bool, llamacpp_src: Path, llamacpp_cache: Path, tmp_path_factory: pytest.TempPathFactory
+    ignore_merges: bool, converted: Callable[[str], tuple[Path, Path]], tmp_path: Path
 ) -> None:
     """A smaug-labelled GGUF from llama.cpp's converter: --fix leaves the label without a tokenizer, and
     with the source tokenizer sets what its ignore_merges needs, proved by parity; tensors untouched."""
-    base = tmp_path_factory.mktemp(f"llamacpp-fix-{ignore_merges}")
-    folder = write_standin(base / STANDIN_NAME, ignore_merges=ignore_merges)
-    ref = llamacpp_convert(folder, base / "ref-BF16.gguf", cache=llamacpp_cache)
+    folder, ref = converted("ignore_merges" if ignore_merges else "no_ignore_merges")
+    base = tmp_path
     assert read_header(ref).kv["tokenizer.ggml.pre"] == "smaug-bpe"
 
     plain = base / "plain.gguf"

@@ -38,14 +38,20 @@ class GGUFHeader:
 
 def read_header(path: str | Path) -> GGUFHeader:
     """Fast header parse (a 128k-token vocabulary takes well under a second; GGUFReader takes many)."""
+    p = gguf_file(path)
+    with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        return header_from_buffer(buf, p)
+
+
+def gguf_file(path: str | Path) -> Path:
+    """``path`` if it is a file that starts with the GGUF magic, else one clear line."""
     p = Path(path)
     if not p.is_file():
         raise TliteError(p, "no such file")
     with open(p, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise TliteError(p, "not a GGUF file (bad magic)")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return header_from_buffer(buf, p)
+    return p
 
 
 def header_from_buffer(buf: bytes | mmap.mmap, path: Path) -> GGUFHeader:
@@ -152,12 +158,7 @@ def _parse_header(buf: bytes | mmap.mmap) -> GGUFHeader:
 
 def open_gguf(path: str | Path) -> GGUFReader:
     """A GGUFReader, or one clear line for a missing, foreign or truncated file."""
-    p = Path(path)
-    if not p.is_file():
-        raise TliteError(p, "no such file")
-    with open(p, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise TliteError(p, "not a GGUF file (bad magic)")
+    p = gguf_file(path)
     try:
         return GGUFReader(p)
     except Exception as exc:  # GGUFReader raises ValueError/IndexError/etc. on damage
