@@ -24,11 +24,9 @@ from mdreport import replace_section, stamp
 
 from tlite_edge.evaluate.plot import Point, plot_kld_vs_size
 from tlite_edge.gguf_build.build import convert
-from tlite_edge.quant.imatrix import collect, load_imatrix, write_imatrix
+from tlite_edge.quant.levels import calibrate, quantize_levels
 from tlite_edge.quant.profiles import load_profiles
-from tlite_edge.quant.quantize import quantize
 from tlite_edge.samples.smollm2 import gguf_to_hf, smollm2_gguf
-from tlite_edge.texts import default_text
 
 SECTION = "## Quality per level on Russian text (SmolLM2-135M-Instruct, `tlite-edge eval`)"
 NAME = "SmolLM2-135M-Instruct"
@@ -57,27 +55,18 @@ def build(args: argparse.Namespace) -> tuple[Path, dict[tuple[str, str], Path]]:
         convert(hf, name=NAME, outtype="f32", outfile=ref)
     imx_path = args.work / "ru.imatrix.gguf"
     if not imx_path.exists():
-        calib, dataset = default_text()
-        imx = collect(
-            ref,
-            calib.read_text(encoding="utf-8"),
-            ctx=args.ctx,
-            chunks=args.calib_chunks or None,
-            threads=args.threads,
-            dataset=dataset,
-        )
-        write_imatrix(imx, imx_path)
-    imatrix = load_imatrix(imx_path, ref)
+        calibrate(ref, imx_path, ctx=args.ctx, chunks=args.calib_chunks or None, threads=args.threads)
     profiles = load_profiles()
     out: dict[tuple[str, str], Path] = {}
-    for level in args.levels.split(","):
-        for tag in TAGS:
-            if tag == "none" and profiles[level].requires_imatrix:
-                continue
-            dst = args.work / f"{NAME}-{level}-{tag}.gguf"
-            if not dst.exists():
-                imx = imatrix if tag == "ru" else None
-                quantize(ref, profiles[level], dst, imatrix=imx, threads=args.threads)
+    for tag in TAGS:
+        base = f"{NAME}-{tag}"
+        wanted = [lv for lv in args.levels.split(",") if tag == "ru" or not profiles[lv].requires_imatrix]
+        missing = [lv for lv in wanted if not (args.work / profiles[lv].output_name(base)).exists()]
+        if missing:
+            imx = imx_path if tag == "ru" else None
+            quantize_levels(ref, missing, args.work, imatrix=imx, threads=args.threads, base=base)
+        for level in wanted:
+            dst = args.work / profiles[level].output_name(base)
             out[(level, tag)] = dst
             print(f"{level} {tag}: {dst.stat().st_size / 2**20:.1f} MiB", flush=True)
     return ref, out

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, Keys, quants
+from gguf import GGMLQuantizationType, Keys, quants
 
 from tlite_edge.checkpoint.tokenizer import (
     CONTROL,
@@ -38,6 +38,7 @@ from tlite_edge.checkpoint.tokenizer import (
 from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output, make_dirs
 from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
+from tlite_edge.gguf.reader import open_gguf
 from tlite_edge.gguf_build.tensor_map import TENSOR_TABLE
 from tlite_edge.samples.standin import write_safetensors
 
@@ -249,7 +250,7 @@ def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
     """Rebuild a Llama GGUF as an HF folder at ``out``: F32 safetensors (dequantized, q/k un-permuted,
     ``shards`` files + index), config.json, generation_config.json, tokenizer.json and tokenizer_config.json.
     """
-    reader = GGUFReader(gguf_path)
+    reader = open_gguf(gguf_path)
     meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     arch = meta.get(Keys.General.ARCHITECTURE)
     if arch != "llama":

@@ -13,7 +13,7 @@ from pathlib import Path
 from gguf import Keys
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import _umask, atomic_output, sha256_file, sidecar_notes, sidecar_path
+from tlite_edge.fsutil import _umask, atomic_output, make_dirs, sha256_file, sidecar_notes, sidecar_path
 from tlite_edge.gguf.reader import read_header
 from tlite_edge.quant.levels import Advance, quantize_levels
 from tlite_edge.quant.profiles import Profile, load_profiles, select
@@ -58,12 +58,12 @@ def choose_levels(opts: ReleaseOptions) -> list[Profile]:
 
 
 def prepare_out(out: Path) -> Path:
-    """The empty working folder next to ``out``; ``out`` must not exist or be an empty folder."""
+    """The empty working folder next to ``out`` (its parents created); ``out`` must not exist or be an
+    empty folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TliteError(out, "already exists and is not an empty folder; choose a new --out")
     parent = out.absolute().parent
-    if not parent.is_dir():
-        raise TliteError(parent, "output folder's parent does not exist")
+    make_dirs(parent)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
 
 
