@@ -62,11 +62,11 @@ def main() -> int:
         body = [
             stamp(),
             "",
-            f"{TOKENS} generated pieces fed one at a time; median of {args.repeat} runs. A model step on "
-            "T-lite takes ~300 ms on this machine, so even the worst row is noise next to it, and the cost does not grow with "
-            "the stop's length. The old "
-            "matcher (tested every prefix of every stop on every token) took 0.6 ms per token with a 10 KB "
-            "stop, 62 ms with 200 KB and 1 s with 900 KB; stops now total at most 32 KiB (a 400 beyond).",
+            f"{TOKENS} generated pieces fed one at a time; median of {args.repeat} runs. A model step "
+            "on T-lite takes ~300 ms on this machine, so even the worst row is noise next to it, and the "
+            "cost does not grow with the stop's length. The old matcher (tested every prefix of every stop "
+            "on every token) took 0.6 ms per token with a 10 KB stop, 62 ms with 200 KB and 1 s with "
+            "900 KB; stops now total at most 32 KiB (a 400 beyond).",
             "",
             "| stops | µs per token |",
             "|---|---:|",
