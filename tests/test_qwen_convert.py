@@ -134,6 +134,7 @@ def test_yarn_rope_scaling_keys(qwen_tokenizer: Path, tmp_path: Path) -> None:
     [
         (QWEN2_SHAPE, {"use_sliding_window": True}, "use_sliding_window is true"),
         (QWEN2_SHAPE, {"head_dim": 128}, "inconsistent heads"),
+        (QWEN3_SHAPE, {"layer_types": ["full_attention", "sliding_attention"]}, "only full_attention"),
         (QWEN3_SHAPE, {"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "not supported (linear, yarn)"),
         (QWEN3_SHAPE, {"rope_scaling": {"type": "yarn", "factor": 2.0}}, "needs a original_max_position"),
         (QWEN3_SHAPE, {"architectures": ["Qwen3MoeForCausalLM"]}, "Qwen2ForCausalLM, Qwen3ForCausalLM)"),

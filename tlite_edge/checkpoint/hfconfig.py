@@ -161,6 +161,11 @@ def load_config(folder: Path) -> ModelConfig:
     for key, why in REFUSED_SWITCHES.items():
         if cfg.get(key) is True:
             raise TliteError(path, f"{key} is true: {why}")
+    layer_types = cfg.get("layer_types")
+    if isinstance(layer_types, list) and set(layer_types) - {"full_attention"}:
+        raise TliteError(
+            path, f"layer_types {sorted(set(layer_types))}: only full_attention layers are supported"
+        )
     hidden = _int(cfg, "hidden_size", path)
     heads = _int(cfg, "num_attention_heads", path)
     kv_heads = _int(cfg, "num_key_value_heads", path, heads)
