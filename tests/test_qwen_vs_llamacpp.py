@@ -10,7 +10,7 @@ import pytest
 from conftest import QwenModel
 from gguf import Keys
 from llamacpp_convert import llamacpp_convert
-from qwen_fixtures import ENDOFTEXT, IM_END
+from qwen_fixtures import ENDOFTEXT, IM_END, QWEN2_SHAPE, write_qwen
 
 from tlite_edge.checkpoint.tokenizer import CONTROL, USER_DEFINED
 from tlite_edge.gguf.reader import field_value, open_gguf, read_header
@@ -67,3 +67,15 @@ def test_same_file_as_llamacpp(qwen: QwenModel, llamacpp_cache: Path, tmp_path: 
     types_a, types_b = field_value(ra, Keys.Tokenizer.TOKEN_TYPE), field_value(rb, Keys.Tokenizer.TOKEN_TYPE)
     changed = {tokens[i]: (x, y) for i, (x, y) in enumerate(zip(types_a, types_b, strict=True)) if x != y}
     assert changed and all(t.startswith("<|") and v == (CONTROL, USER_DEFINED) for t, v in changed.items())
+
+
+def test_yarn_keys_as_llamacpp(qwen_tokenizer: Path, llamacpp_cache: Path, tmp_path: Path) -> None:
+    """YaRN rope scaling: the same rope keys and values as llama.cpp's converter writes."""
+    yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "beta_fast": 32.0}
+    hf = write_qwen(tmp_path / "Qwen-yarn", qwen_tokenizer, QWEN2_SHAPE, rope_scaling=yarn)
+    ref = llamacpp_convert(hf, tmp_path / "ref-BF16.gguf", "bf16", cache=llamacpp_cache)
+    ours = convert(hf, outtype="bf16", out_dir=tmp_path / "ours", verify=False).path
+    a, b = read_header(ref).kv, read_header(ours).kv
+    rope = {k: a[k] for k in a if k.startswith("qwen2.rope.scaling.")}
+    assert rope == {k: b[k] for k in b if k.startswith("qwen2.rope.scaling.")}
+    assert rope[Keys.Rope.SCALING_TYPE.format(arch="qwen2")] == "yarn" and len(rope) == 4
