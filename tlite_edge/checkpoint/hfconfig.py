@@ -1,4 +1,4 @@
-"""``config.json`` / ``generation_config.json`` of a Hugging Face Llama checkpoint, validated."""
+"""``config.json`` / ``generation_config.json`` of a Hugging Face checkpoint (Llama, Qwen2, Qwen3)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,29 @@ from typing import Any
 
 from tlite_edge.errors import TliteError
 
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What one HF architecture becomes in GGUF and which config variants llama.cpp runs for it."""
+
+    gguf: str  # general.architecture
+    rope_scaling: tuple[str, ...]  # rope_scaling types llama.cpp applies to it (besides "default")
+    free_head_dim: bool = False  # head_dim may differ from hidden_size / num_attention_heads
+
+
+# HF architecture -> its GGUF form. llama.cpp's qwen2 graph needs head_dim * heads == hidden; qwen3
+# takes an explicit head_dim.
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "LlamaForCausalLM": ArchSpec("llama", ("linear", "llama3")),
+    "Qwen2ForCausalLM": ArchSpec("qwen2", ("linear", "yarn")),
+    "Qwen3ForCausalLM": ArchSpec("qwen3", ("linear", "yarn"), free_head_dim=True),
+}
 # HF architecture -> GGUF architecture this converter writes.
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama"}
+SUPPORTED_ARCHITECTURES = {hf: spec.gguf for hf, spec in ARCHITECTURES.items()}
+# config.json switches that change the model in ways llama.cpp's graphs do not follow: key -> why.
+REFUSED_SWITCHES = {
+    "use_sliding_window": "sliding-window attention is not run by llama.cpp for this architecture",
+}
 
 
 def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
@@ -29,11 +50,11 @@ def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class ModelConfig:
     """The hyper-parameters the converter needs, taken from ``config.json``."""
 
     path: Path
-    architecture: str
+    architecture: str  # the HF class name; ``gguf_arch`` is what the GGUF file says
     hidden_size: int
     n_layers: int
     n_heads: int
@@ -48,6 +69,13 @@ class LlamaConfig:
     rope_scaling: dict[str, Any] | None
     torch_dtype: str | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def gguf_arch(self) -> str:
+        return ARCHITECTURES[self.architecture].gguf
+
+
+LlamaConfig = ModelConfig  # the name the Llama-only converter used
 
 
 # Upper bounds far above any real Llama-family checkpoint: an absurd value is a damaged or hostile
@@ -87,25 +115,40 @@ ROPE_SCALING = {
     "default": (),
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": (
+        "factor",
+        "original_max_position_embeddings",
+        "attention_factor",
+        "extrapolation_factor",
+        "beta_fast",
+        "beta_slow",
+    ),
+}
+# rope_scaling type -> parameters it cannot do without.
+ROPE_SCALING_REQUIRED = {
+    "linear": ("factor",),
+    "llama3": ("factor",),
+    "yarn": ("factor", "original_max_position_embeddings"),
 }
 
 
-def _check_rope_scaling(scaling: object, path: Path) -> None:
+def _check_rope_scaling(scaling: object, path: Path, spec: ArchSpec) -> None:
     if not isinstance(scaling, dict):
         raise TliteError(path, "rope_scaling must be an object or null")
     kind = scaling.get("rope_type") or scaling.get("type")
-    if kind not in ROPE_SCALING:
-        raise TliteError(path, f"rope_scaling type {kind!r} is not supported (linear, llama3)")
+    if kind != "default" and kind not in spec.rope_scaling:
+        supported = ", ".join(spec.rope_scaling)
+        raise TliteError(path, f"rope_scaling type {kind!r} is not supported ({supported})")
     for key in ROPE_SCALING[kind]:
-        if key == "factor" and key not in scaling:
-            raise TliteError(path, f"rope_scaling type {kind!r} needs a factor")
+        if key in ROPE_SCALING_REQUIRED.get(kind, ()) and key not in scaling:
+            raise TliteError(path, f"rope_scaling type {kind!r} needs a {key}")
         if key in scaling:
             _float(scaling, key, path, 0.0)
     if kind == "llama3" and scaling.get("high_freq_factor", 4.0) <= scaling.get("low_freq_factor", 1.0):
         raise TliteError(path, "rope_scaling high_freq_factor must exceed low_freq_factor")
 
 
-def load_config(folder: Path) -> LlamaConfig:
+def load_config(folder: Path) -> ModelConfig:
     """Load and validate ``config.json``; only supported architectures pass."""
     path = folder / "config.json"
     cfg = read_json(path)
@@ -114,16 +157,26 @@ def load_config(folder: Path) -> LlamaConfig:
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise TliteError(path, f"architecture {archs!r} is not supported (supported: {supported})")
+    spec = ARCHITECTURES[arch]
+    for key, why in REFUSED_SWITCHES.items():
+        if cfg.get(key) is True:
+            raise TliteError(path, f"{key} is true: {why}")
+    layer_types = cfg.get("layer_types")
+    if isinstance(layer_types, list) and set(layer_types) - {"full_attention"}:
+        raise TliteError(
+            path, f"layer_types {sorted(set(layer_types))}: only full_attention layers are supported"
+        )
     hidden = _int(cfg, "hidden_size", path)
     heads = _int(cfg, "num_attention_heads", path)
     kv_heads = _int(cfg, "num_key_value_heads", path, heads)
     head_dim = _int(cfg, "head_dim", path) if cfg.get("head_dim") is not None else hidden // heads
-    if hidden % heads or head_dim * heads != hidden or heads % kv_heads:
+    fixed = not spec.free_head_dim or cfg.get("head_dim") is None  # else head_dim stands on its own
+    if fixed and (hidden % heads or head_dim * heads != hidden) or heads % kv_heads:
         raise TliteError(path, f"inconsistent heads: hidden {hidden}, heads {heads}, kv heads {kv_heads}")
     scaling = cfg.get("rope_scaling")
     if scaling is not None:
-        _check_rope_scaling(scaling, path)
-    return LlamaConfig(
+        _check_rope_scaling(scaling, path, spec)
+    return ModelConfig(
         path=path,
         architecture=arch,
         hidden_size=hidden,

@@ -17,6 +17,11 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2/Qwen2.5/Qwen3: the Llama-3 regex with each digit alone (llama.cpp's "qwen2").
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # Several stages are joined with " + ", in order. SmolLM/SmolLM2: each digit alone, then GPT-2's split
 # (llama.cpp's "smollm": "\\p{N}", then the GPT-2 regex).
 GPT2_SPLIT = "<ByteLevel use_regex>"
@@ -24,13 +29,14 @@ SMOLLM_SPLIT = "<Digits individual_digits> + <ByteLevel use_regex>"
 # (split stages, tokenizer.json's model.ignore_merges) -> llama.cpp pre-tokenizer label. Both fields change
 # how text splits: with ignore_merges, a whole pre-token found in the vocabulary is one token, without it
 # the merges decide. llama.cpp applies ignore_merges for "llama-bpe" and not for "smaug-bpe", which share
-# the Llama-3 regex (absent in tokenizer.json means false, as in HF tokenizers). A combination missing
-# here has no llama.cpp label that tokenizes like the source, and is refused.
+# the Llama-3 regex, nor for "qwen2" (absent in tokenizer.json means false, as in HF tokenizers). A
+# combination missing here has no llama.cpp label that tokenizes like the source, and is refused.
 PRE_TOKENIZERS: dict[tuple[str, bool], str] = {
     (LLAMA3_SPLIT, True): "llama-bpe",
     (LLAMA3_SPLIT, False): "smaug-bpe",
     (GPT2_SPLIT, False): "gpt-2",
     (SMOLLM_SPLIT, False): "smollm",
+    (QWEN2_SPLIT, False): "qwen2",
 }
 # Pre-tokenizers of model families that are always trained with BOS at the start (Llama-3 vocabularies,
 # whichever ignore_merges label they need).
@@ -105,7 +111,12 @@ def ignore_merges(tok: dict[str, Any], path: Path) -> bool:
 
 
 def supported_pre_tokenizers() -> str:
-    names = {LLAMA3_SPLIT: "Llama-3 regex", GPT2_SPLIT: "GPT-2", SMOLLM_SPLIT: "SmolLM"}
+    names = {
+        LLAMA3_SPLIT: "Llama-3 regex",
+        GPT2_SPLIT: "GPT-2",
+        SMOLLM_SPLIT: "SmolLM",
+        QWEN2_SPLIT: "Qwen2 regex",
+    }
     return ", ".join(
         f"{label} ({names[key]}, ignore_merges {str(flag).lower()})"
         for (key, flag), label in PRE_TOKENIZERS.items()
@@ -200,6 +211,11 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     vocab.add_bos = pre in ALWAYS_BOS or declared is not False
     if pre in ALWAYS_BOS and declared is False:
         vocab.fixes.append("add_bos_token false -> true (Llama-3 expects <|begin_of_text|> once)")
+    gen_bos = gen.get("bos_token_id")
+    if vocab.bos_id is None and type(gen_bos) is int and 0 <= gen_bos < vocab_size:
+        # No BOS named (Qwen): HF adds none, but llama.cpp fills an absent BOS key with token 11 of a BPE
+        # vocabulary (","); name generation_config's, never added.
+        vocab.bos_id, vocab.add_bos = gen_bos, False
     declared_eos = vocab.id_of(_token_text(tcfg.get("eos_token")) or "")
     eot = next((i for t in END_OF_TURN_TOKENS if (i := vocab.id_of(t)) is not None), None)
     vocab.eot_id = eot

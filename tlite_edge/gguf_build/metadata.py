@@ -1,4 +1,4 @@
-"""GGUF metadata for a Llama checkpoint: general.*, llama.* hyper-parameters and tokenizer.ggml.*."""
+"""GGUF metadata for a checkpoint: general.*, <arch>.* hyper-parameters and tokenizer.ggml.*."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGUFValueType as VT
 from gguf import Keys
 
-from tlite_edge.checkpoint.hfconfig import LlamaConfig
+from tlite_edge.checkpoint.hfconfig import ModelConfig
 from tlite_edge.checkpoint.tokenizer import Vocab
 from tlite_edge.errors import TliteError
 from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
@@ -79,7 +79,7 @@ def card_facts(folder: Path) -> CardFacts:
     return CardFacts(lic[1] if lic else None, langs)
 
 
-def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
+def llama3_rope_factors(cfg: ModelConfig) -> np.ndarray:
     """Per-frequency RoPE divisors for ``rope_type: llama3`` (written as ``rope_freqs.weight``)."""
     rs = cfg.rope_scaling or {}
     factor = float(rs.get("factor", 8.0))
@@ -93,15 +93,35 @@ def llama3_rope_factors(cfg: LlamaConfig) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def rope_scaling_keys(cfg: LlamaConfig, layout: GGUFLayout) -> np.ndarray | None:
+# rope_scaling type -> (GGUF key, rope_scaling field, required) written for it; llama3 instead writes
+# the rope_freqs tensor.
+ROPE_SCALING_KEYS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "linear": ((Keys.Rope.SCALING_FACTOR, "factor", True),),
+    "yarn": (
+        (Keys.Rope.SCALING_FACTOR, "factor", True),
+        (Keys.Rope.SCALING_ORIG_CTX_LEN, "original_max_position_embeddings", True),
+        (Keys.Rope.SCALING_YARN_EXT_FACTOR, "extrapolation_factor", False),
+        (Keys.Rope.SCALING_YARN_ATTN_FACTOR, "attention_factor", False),
+        (Keys.Rope.SCALING_YARN_BETA_FAST, "beta_fast", False),
+        (Keys.Rope.SCALING_YARN_BETA_SLOW, "beta_slow", False),
+    ),
+}
+
+
+def rope_scaling_keys(cfg: ModelConfig, layout: GGUFLayout) -> np.ndarray | None:
     """Write rope-scaling keys; return the ``rope_freqs`` tensor when the scheme needs one."""
     rs = cfg.rope_scaling
     if not rs:
         return None
     kind = rs.get("rope_type") or rs.get("type")
-    if kind == "linear":
-        layout.add(Keys.Rope.SCALING_TYPE.format(arch="llama"), VT.STRING, "linear")
-        layout.add(Keys.Rope.SCALING_FACTOR.format(arch="llama"), VT.FLOAT32, float(rs["factor"]))
+    arch = cfg.gguf_arch
+    if kind in ROPE_SCALING_KEYS:
+        layout.add(Keys.Rope.SCALING_TYPE.format(arch=arch), VT.STRING, kind)
+        for key, field_name, required in ROPE_SCALING_KEYS[kind]:
+            if required or field_name in rs:
+                vtype = VT.UINT32 if key == Keys.Rope.SCALING_ORIG_CTX_LEN else VT.FLOAT32
+                value = int(rs[field_name]) if vtype == VT.UINT32 else float(rs[field_name])
+                layout.add(key.format(arch=arch), vtype, value)
         return None
     if kind == "llama3":
         return llama3_rope_factors(cfg)
@@ -111,9 +131,9 @@ def rope_scaling_keys(cfg: LlamaConfig, layout: GGUFLayout) -> np.ndarray | None
 
 
 def add_model_metadata(
-    layout: GGUFLayout, cfg: LlamaConfig, names: ModelNames, file_type: int, card: CardFacts
+    layout: GGUFLayout, cfg: ModelConfig, names: ModelNames, file_type: int, card: CardFacts
 ) -> None:
-    arch = "llama"
+    arch = cfg.gguf_arch
     general: list[tuple[str, VT, object]] = [
         (Keys.General.ARCHITECTURE, VT.STRING, arch),
         (Keys.General.TYPE, VT.STRING, "model"),
@@ -130,21 +150,21 @@ def add_model_metadata(
     if card.languages:
         layout.add(Keys.General.LANGUAGES, VT.ARRAY, list(card.languages), VT.STRING)
     hparams = (
-        ("vocab_size", VT.UINT32, cfg.vocab_size),
-        ("context_length", VT.UINT32, cfg.context_length),
-        ("embedding_length", VT.UINT32, cfg.hidden_size),
-        ("block_count", VT.UINT32, cfg.n_layers),
-        ("feed_forward_length", VT.UINT32, cfg.ffn_size),
-        ("rope.dimension_count", VT.UINT32, cfg.head_dim),
-        ("attention.key_length", VT.UINT32, cfg.head_dim),
-        ("attention.value_length", VT.UINT32, cfg.head_dim),
-        ("attention.head_count", VT.UINT32, cfg.n_heads),
-        ("attention.head_count_kv", VT.UINT32, cfg.n_kv_heads),
-        ("rope.freq_base", VT.FLOAT32, cfg.rope_theta),
-        ("attention.layer_norm_rms_epsilon", VT.FLOAT32, cfg.rms_eps),
+        (Keys.LLM.VOCAB_SIZE, VT.UINT32, cfg.vocab_size),
+        (Keys.LLM.CONTEXT_LENGTH, VT.UINT32, cfg.context_length),
+        (Keys.LLM.EMBEDDING_LENGTH, VT.UINT32, cfg.hidden_size),
+        (Keys.LLM.BLOCK_COUNT, VT.UINT32, cfg.n_layers),
+        (Keys.LLM.FEED_FORWARD_LENGTH, VT.UINT32, cfg.ffn_size),
+        (Keys.Rope.DIMENSION_COUNT, VT.UINT32, cfg.head_dim),
+        (Keys.Attention.KEY_LENGTH, VT.UINT32, cfg.head_dim),
+        (Keys.Attention.VALUE_LENGTH, VT.UINT32, cfg.head_dim),
+        (Keys.Attention.HEAD_COUNT, VT.UINT32, cfg.n_heads),
+        (Keys.Attention.HEAD_COUNT_KV, VT.UINT32, cfg.n_kv_heads),
+        (Keys.Rope.FREQ_BASE, VT.FLOAT32, cfg.rope_theta),
+        (Keys.Attention.LAYERNORM_RMS_EPS, VT.FLOAT32, cfg.rms_eps),
     )
     for key, vtype, value in hparams:
-        layout.add(f"{arch}.{key}", vtype, value)
+        layout.add(key.format(arch=arch), vtype, value)
     layout.add(Keys.General.FILE_TYPE, VT.UINT32, file_type)
     layout.add(Keys.General.QUANTIZATION_VERSION, VT.UINT32, 2)
 

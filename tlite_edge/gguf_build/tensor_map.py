@@ -1,4 +1,4 @@
-"""HF Llama tensor names -> GGUF names, expected shapes, q/k permutation, output types."""
+"""HF tensor names -> GGUF names per architecture, expected shapes, q/k permutation, output types."""
 
 from __future__ import annotations
 
@@ -6,27 +6,57 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from gguf import MODEL_TENSOR, TENSOR_NAMES
+from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType as QT
 
-from tlite_edge.checkpoint.hfconfig import LlamaConfig
+from tlite_edge.checkpoint.hfconfig import ModelConfig
 from tlite_edge.checkpoint.shards import Checkpoint
 from tlite_edge.errors import TliteError
 
-# (HF name, GGUF name, shape key, heads to permute for RoPE); "{i}" is the layer number.
-TENSOR_TABLE: tuple[tuple[str, str, str, str | None], ...] = (
-    ("model.embed_tokens.weight", "token_embd.weight", "vocab,hidden", None),
-    ("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight", "hidden", None),
-    ("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight", "q,hidden", "n_heads"),
-    ("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight", "kv,hidden", "n_kv_heads"),
-    ("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight", "kv,hidden", None),
-    ("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight", "hidden,q", None),
-    ("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight", "hidden", None),
-    ("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight", "ffn,hidden", None),
-    ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", "ffn,hidden", None),
-    ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight", "hidden,ffn", None),
-    ("model.norm.weight", "output_norm.weight", "hidden", None),
-    ("lm_head.weight", "output.weight", "vocab,hidden", None),
+
+def _gguf(tensor: MODEL_TENSOR, suffix: str = "weight") -> str:
+    """llama.cpp's name for ``tensor`` (from gguf-py's TENSOR_NAMES) with "{i}" for the layer."""
+    return f"{TENSOR_NAMES[tensor].replace('{bid}', '{i}')}.{suffix}"
+
+
+Row = tuple[str, str, str, str | None]
+L = "model.layers.{i}."
+# (HF name, GGUF name, shape key, heads to permute for RoPE); "{i}" is the layer number. Llama's q/k
+# rows are permuted from HF's rotate-half order to llama.cpp's interleaved RoPE; Qwen runs NEOX RoPE
+# (rotate-half), so its rows stay as they are.
+LLAMA_TABLE: tuple[Row, ...] = (
+    ("model.embed_tokens.weight", _gguf(T.TOKEN_EMBD), "vocab,hidden", None),
+    (L + "input_layernorm.weight", _gguf(T.ATTN_NORM), "hidden", None),
+    (L + "self_attn.q_proj.weight", _gguf(T.ATTN_Q), "q,hidden", "n_heads"),
+    (L + "self_attn.k_proj.weight", _gguf(T.ATTN_K), "kv,hidden", "n_kv_heads"),
+    (L + "self_attn.v_proj.weight", _gguf(T.ATTN_V), "kv,hidden", None),
+    (L + "self_attn.o_proj.weight", _gguf(T.ATTN_OUT), "hidden,q", None),
+    (L + "post_attention_layernorm.weight", _gguf(T.FFN_NORM), "hidden", None),
+    (L + "mlp.gate_proj.weight", _gguf(T.FFN_GATE), "ffn,hidden", None),
+    (L + "mlp.up_proj.weight", _gguf(T.FFN_UP), "ffn,hidden", None),
+    (L + "mlp.down_proj.weight", _gguf(T.FFN_DOWN), "hidden,ffn", None),
+    ("model.norm.weight", _gguf(T.OUTPUT_NORM), "hidden", None),
+    ("lm_head.weight", _gguf(T.OUTPUT), "vocab,hidden", None),
 )
+_UNPERMUTED = tuple((hf, gg, shape, None) for hf, gg, shape, _ in LLAMA_TABLE)
+_V_AT = next(n for n, row in enumerate(_UNPERMUTED) if row[0].endswith("v_proj.weight")) + 1
+QWEN2_TABLE: tuple[Row, ...] = (
+    *_UNPERMUTED[:_V_AT],
+    (L + "self_attn.q_proj.bias", _gguf(T.ATTN_Q, "bias"), "q", None),
+    (L + "self_attn.k_proj.bias", _gguf(T.ATTN_K, "bias"), "kv", None),
+    (L + "self_attn.v_proj.bias", _gguf(T.ATTN_V, "bias"), "kv", None),
+    *_UNPERMUTED[_V_AT:],
+)
+QWEN3_TABLE: tuple[Row, ...] = (
+    *_UNPERMUTED[:_V_AT],
+    (L + "self_attn.q_norm.weight", _gguf(T.ATTN_Q_NORM), "head", None),
+    (L + "self_attn.k_norm.weight", _gguf(T.ATTN_K_NORM), "head", None),
+    *_UNPERMUTED[_V_AT:],
+)
+# GGUF architecture -> its tensor table.
+TENSOR_TABLES: dict[str, tuple[Row, ...]] = {"llama": LLAMA_TABLE, "qwen2": QWEN2_TABLE, "qwen3": QWEN3_TABLE}
+TENSOR_TABLE = LLAMA_TABLE  # the name the Llama-only converter used
 # Buffers some exports carry that GGUF does not need.
 IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
@@ -50,13 +80,14 @@ class TensorPlan:
     qtype: QT
 
 
-def _dims(cfg: LlamaConfig) -> dict[str, int]:
+def _dims(cfg: ModelConfig) -> dict[str, int]:
     return {
         "vocab": cfg.vocab_size,
         "hidden": cfg.hidden_size,
         "q": cfg.n_heads * cfg.head_dim,
         "kv": cfg.n_kv_heads * cfg.head_dim,
         "ffn": cfg.ffn_size,
+        "head": cfg.head_dim,
     }
 
 
@@ -69,14 +100,14 @@ def out_type(shape: tuple[int, ...], matrix_type: QT) -> QT:
     return matrix_type
 
 
-def plan_tensors(cfg: LlamaConfig, ckpt: Checkpoint, outtype: str) -> list[TensorPlan]:
+def plan_tensors(cfg: ModelConfig, ckpt: Checkpoint, outtype: str) -> list[TensorPlan]:
     """Every tensor in llama.cpp order, checked against config.json; unknown or missing ones fail."""
     dims = _dims(cfg)
     matrix_type = OUTTYPES[outtype][0]
     plans: list[TensorPlan] = []
     seen: set[str] = set()
     for layer in [None, *range(cfg.n_layers)]:
-        for hf, gg, shape_key, heads in TENSOR_TABLE:
+        for hf, gg, shape_key, heads in TENSOR_TABLES[cfg.gguf_arch]:
             if ("{i}" in hf) == (layer is None):
                 continue
             src, dst = hf.format(i=layer), gg.format(i=layer)
