@@ -100,6 +100,32 @@ def test_generation_stops_at_im_end(rigged: tuple[Path, str]) -> None:
     assert (choice["text"], choice["finish_reason"]) == (reply, "stop")
 
 
+def test_engine_and_chat_stop_at_im_end(rigged: tuple[Path, str]) -> None:
+    """tlite-edge's own runtime (run, chat and serve use it) renders the model's ChatML template and
+    ends the turn at <|im_end|>."""
+    from tlite_edge.runtime import Chat, Engine
+
+    gguf, reply = rigged
+    engine = Engine.load(gguf, ctx=256, threads=2)
+    try:
+        assert engine.settings.architecture == "qwen3"
+        answer = Chat(engine).send("Как дела?", temp=0.0, max_tokens=40)
+        assert answer.result() == reply and answer.stats.finish_reason == "stop"
+    finally:
+        engine.close()
+
+
+def test_ollama_export_refused_until_its_chatml_template_exists(
+    rigged: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The Modelfile's TEMPLATE is Llama-3's: a Qwen file gets one line instead of a wrong template."""
+    from conftest import run_cli
+
+    proc = run_cli("export", rigged[0], "--to", "ollama", "--dir", tmp_path / "mf")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "qwen3 (ChatML)" in proc.stderr and not (tmp_path / "mf").exists()
+
+
 @pytest.mark.parametrize("level", ["Q8_0", "Q4_K_M"])
 def test_quantize_and_run(qwen: QwenModel, level: str, tmp_path: Path) -> None:
     (result,) = quantize_levels(qwen.f32, [level], tmp_path, threads=2)

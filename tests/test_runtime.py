@@ -268,7 +268,7 @@ def test_hardware_parsers() -> None:
 
 
 def _other_arch(path: Path) -> None:
-    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer = gguf.GGUFWriter(str(path), "gemma2")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
@@ -280,7 +280,7 @@ def _other_arch(path: Path) -> None:
 BAD = {
     "not a GGUF": (lambda p, src: p.write_bytes(b"PK\x03\x04 not a model"), "not a GGUF file"),
     "truncated": (lambda p, src: p.write_bytes(src.read_bytes()[: 2**20]), "truncated"),
-    "architecture": (lambda p, src: _other_arch(p), "architecture 'qwen2' is not supported"),
+    "architecture": (lambda p, src: _other_arch(p), "architecture 'gemma2' is not supported"),
 }
 
 

@@ -29,7 +29,7 @@ from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fi
 from tlite_edge.runtime.hardware import Hardware, probe
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
 GIB = 2**30
 # How the template may transform a message's content before printing it (Llama-3: ``| trim``).
 CONTENT_TRANSFORMS: tuple[Callable[[str], str], ...] = (lambda s: s, str.strip)
@@ -62,7 +62,8 @@ def check_model(path: str | Path) -> GGUFHeader:
     header = read_header(path)
     arch = header.kv.get(Keys.General.ARCHITECTURE)
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise TliteError(path, f"architecture {arch!r} is not supported (supported: llama)")
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise TliteError(path, f"architecture {arch!r} is not supported (supported: {supported})")
     if Keys.LLM.BLOCK_COUNT.format(arch=arch) not in header.kv or not header.tensors:
         raise TliteError(path, "no model in this GGUF (vocabulary or metadata only)")
     return header

@@ -32,6 +32,7 @@ class ModelFacts:
     context_length: int | None
     license: str | None
     size: int
+    architecture: str = "llama"
 
     @classmethod
     def read(cls, path: Path) -> ModelFacts:
@@ -43,6 +44,7 @@ class ModelFacts:
             kv.get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch)),
             kv.get(Keys.General.LICENSE),
             path.stat().st_size,
+            str(arch),
         )
 
 
@@ -79,6 +81,12 @@ def _pick(given: str | None, default: str) -> str:
 
 
 def _ollama(facts: ModelFacts, opts: ExportOptions, loc: Location) -> ExportPlan:
+    if facts.architecture != "llama":  # the Modelfile's TEMPLATE is Llama-3's
+        raise TliteError(
+            facts.path,
+            f"an Ollama Modelfile for {facts.architecture} (ChatML) models is not written yet; "
+            "LM Studio, Jan and GPT4All read the template from the GGUF",
+        )
     name = check_name(_pick(opts.name, facts.path.stem.lower()), "Ollama model name", allow_tag=True)
     folder = opts.folder or facts.path.parent  # a missing --dir is created when the plan runs
     target = folder / f"{name.replace(':', '-')}.Modelfile"
