@@ -63,10 +63,6 @@ class Sampling:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def choices(self) -> dict[str, Any]:
-        """The settings a person picks (no grammar, bias or log-probabilities): for display."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("logit_bias", "grammar", "logprobs")}
-
 
 @dataclass
 class Message:
