@@ -45,10 +45,10 @@ def test_logprobs_are_the_models(smol: Engine, smollm2: RealModel) -> None:
 
 def test_penalties_follow_llama_cpp_formula(smol: Engine, smollm2: RealModel) -> None:
     """Each greedy token is the argmax of the logits after OpenAI-style penalties on the reply so far."""
-    plain = Chat(smol).send(PROMPT, temp=0, max_tokens=16)
+    plain = Chat(smol).send(PROMPT, temp=0, max_tokens=10)
     plain.result()
     freq, pres = 1.5, 0.5
-    reply = Chat(smol).send(PROMPT, temp=0, max_tokens=16, frequency_penalty=freq, presence_penalty=pres)
+    reply = Chat(smol).send(PROMPT, temp=0, max_tokens=10, frequency_penalty=freq, presence_penalty=pres)
     reply.result()
     tokens = reply.message.tokens
     assert tokens != plain.message.tokens  # the penalties changed the answer
@@ -76,12 +76,11 @@ def test_seed_reproducible(smol: Engine) -> None:
     def text(seed: int) -> str:
         return (
             Chat(smol)
-            .send(PROMPT, temp=1.2, top_k=0, top_p=1.0, min_p=0.0, seed=seed, max_tokens=12)
+            .send(PROMPT, temp=1.2, top_k=0, top_p=1.0, min_p=0.0, seed=seed, max_tokens=6)
             .result()
         )
 
-    assert text(7) == text(7)
-    assert len({text(7), text(8), text(9)}) > 1
+    assert text(7) == text(7) != text(8)
 
 
 SCHEMA = {
@@ -102,7 +101,7 @@ SCHEMA = {
 def test_run_json_schema(smollm2: RealModel, tmp_path: Path) -> None:
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(SCHEMA), encoding="utf-8")
-    done = run_cli("run", smollm2.ours, PROMPT, "--json-schema", schema, "--temp", "0", "--max-tokens", "60")
+    done = run_cli("run", smollm2.ours, PROMPT, "--json-schema", schema, "--temp", "0", "--max-tokens", "40")
     assert done.returncode == 0, done.stderr
     jsonschema.validate(json.loads(done.stdout, strict=True), SCHEMA)
     bad = tmp_path / "bad.json"
