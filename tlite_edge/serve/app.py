@@ -212,7 +212,8 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             watcher.cancel()
         _log_outcome(request.scope, outcome)
         assert outcome.usage is not None
-        return JSONResponse(shaper.full(outcome.text, outcome.finish, outcome.usage))
+        full = shaper.full(outcome.text, outcome.finish, outcome.usage, outcome.reasoning, outcome.tool_calls)
+        return JSONResponse(full)
 
     async def chat(request: Request) -> Response:
         return await complete(request, "chat")
@@ -265,10 +266,17 @@ async def _sse(
     """The stream: a role chunk, text chunks, a finish chunk, usage if asked, ``[DONE]``."""
     if shaper.req.kind == "chat":
         yield sse(shaper.chunk(first=True))
+    calls = 0
     try:
         async for kind, value in events:
             if kind == "text":
                 yield sse(shaper.chunk(str(value)))
+            elif kind == "reasoning":
+                yield sse(shaper.chunk(reasoning=str(value)))
+            elif kind == "tool_call":
+                for chunk in shaper.tool_call_chunks(calls, value):  # type: ignore[arg-type]
+                    yield sse(chunk)
+                calls += 1
             elif kind == "error":
                 raise value  # type: ignore[misc]
             elif kind == "end":
