@@ -135,6 +135,8 @@ def build_prompt(
     slots: list[str] = []
 
     def mark(text: str) -> str:
+        if not text:  # nothing to protect, and templates test texts for emptiness
+            return text
         slots.append(text)
         return f"{OPEN}{nonce}:{len(slots) - 1}{CLOSE}"
 
@@ -142,24 +144,50 @@ def build_prompt(
     marked = engine.render([template_message(m, mark) for m in messages], **variables)
     pieces = _pieces(marked, nonce, len(slots))
     transforms = _align(pieces, slots, plain)
-    # an assistant reply's own ids are reused while its content still matches them (exact KV cache)
-    reuse = {}
-    for m in messages:
-        if m.tokens is not None and m.content and m.content == engine.detokenize(m.tokens):
-            reuse[m.content] = m.tokens
-    ids: list[int] = []
+    # Template markers (control and added tokens the template wrote) are atoms; every text between two
+    # markers, template text and user texts alike, is tokenized in one run as plain text (as HF does
+    # it: added tokens first, the rest by BPE), so no user text can make a marker.
+    runs: list[list[tuple[str, bool]]] = [[]]  # per run between markers: (text, is it a user text)
+    markers: list[int] = []
     for (text, index), t in zip(pieces, transforms, strict=True):
-        if index is None:
-            ids += engine.tokenize(text, special=True)
+        if index is not None:
+            runs[-1].append((t(slots[index]), True))
+            continue
+        pos = 0
+        for token in engine.tokenize(text, special=True):
+            if engine.token_attr(token) & ADDED:
+                word = engine.token_text(token)
+                at = text.find(word, pos)
+                if at < 0:
+                    raise TliteError(None, f"the chat template's marker {word!r} could not be traced")
+                runs[-1].append((text[pos:at], False))
+                markers.append(token)
+                runs.append([])
+                pos = at + len(word)
+        runs[-1].append((text[pos:], False))
+    # an assistant reply's own ids are reused when its content is a whole run (exact KV cache)
+    reuse = {m.content: m.tokens for m in messages if m.tokens is not None and m.content}
+    ids: list[int] = []
+    for i, run in enumerate(runs):
+        texts = [text for text, _ in run if text]
+        joined = "".join(texts)
+        known = reuse.get(joined) if len(texts) == 1 and run_is_user(run) else None
+        if known is not None and joined == engine.detokenize(known):
+            ids += known
         else:
-            value = t(slots[index])
-            ids += reuse[value] if value in reuse and value == slots[index] else plain_tokens(engine, value)
+            ids += plain_tokens(engine, joined)
+        if i < len(markers):
+            ids.append(markers[i])
     if engine.add_bos and (not ids or ids[0] != engine.bos):
         ids.insert(0, engine.bos)
     while ids[1:2] == [engine.bos] and ids[0] == engine.bos:
         ids.pop(0)
     tail = pieces[-1][0] if pieces and pieces[-1][1] is None else ""
     return Prompt(ids, tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE))
+
+
+def run_is_user(run: list[tuple[str, bool]]) -> bool:
+    return all(user for text, user in run if text)
 
 
 def _pieces(marked: str, nonce: str, n: int) -> list[tuple[str, int | None]]:
