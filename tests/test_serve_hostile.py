@@ -379,7 +379,7 @@ def test_stop_matcher_linear() -> None:
 REFUSED = {
     "top_logprobs": 5,
     "tool_choice": "auto",
-    "parallel_tool_calls": True,
+    "function_call": "auto",
     "logprobs": True,
     "presence_penalty": 0.5,
     "min_tokens": 3,

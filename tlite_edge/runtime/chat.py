@@ -10,7 +10,6 @@ match); ``reply.stats`` counts them.
 
 from __future__ import annotations
 
-import codecs
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 
 from tlite_edge.errors import TliteError
-from tlite_edge.runtime.parts import Part, ReplyParser
+from tlite_edge.runtime.parts import Part, ReplyParser, Utf8Stream
 from tlite_edge.runtime.prompt import Prompt, check_tool_text
 from tlite_edge.runtime.tools import AUTO, NONE, check_tools, forced_grammar, forced_name
 from tlite_edge.runtime.types import Message, ReplyStats, Sampling, reply_budget
@@ -31,25 +30,6 @@ RESERVE_SHARE = 4  # with max_tokens=None, keep n_ctx // 4 free for the reply (n
 # On overflow, drop turns until this share of n_ctx is free as well: the next turns then extend the
 # cached prefix instead of re-evaluating a shifted window every time.
 SLACK_SHARE = 4
-
-
-class Utf8Stream:
-    """Token bytes in, whole characters out: a Cyrillic letter split over two tokens comes out once."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, data: bytes) -> str:
-        return self._decoder.decode(data)
-
-    @property
-    def pending(self) -> bool:
-        """Whether a character is half-way (its first bytes fed, not yet output)."""
-        return bool(self._decoder.getstate()[0])
-
-    def flush(self) -> str:
-        """What is left at the end (an incomplete character becomes U+FFFD)."""
-        return self._decoder.decode(b"", final=True)
 
 
 class Reply:

@@ -9,6 +9,7 @@ OpenAI tool call, anything else in it stays answer text, tags included.
 
 from __future__ import annotations
 
+import codecs
 import json
 import secrets
 import string
@@ -23,6 +24,25 @@ ID_ALPHABET = string.ascii_letters + string.digits
 def call_id() -> str:
     """An OpenAI-style tool call id: ``call_`` and 24 random letters and digits."""
     return "call_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(24))
+
+
+class Utf8Stream:
+    """Token bytes in, whole characters out: a Cyrillic letter split over two tokens comes out once."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a character is half-way (its first bytes fed, not yet output)."""
+        return bool(self._decoder.getstate()[0])
+
+    def flush(self) -> str:
+        """What is left at the end (an incomplete character becomes U+FFFD)."""
+        return self._decoder.decode(b"", final=True)
 
 
 @dataclass

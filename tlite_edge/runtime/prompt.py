@@ -203,9 +203,7 @@ def _pieces(marked: str, nonce: str, n: int) -> list[tuple[str, int | None]]:
     return pieces
 
 
-def _align(
-    pieces: list[tuple[str, int | None]], slots: list[str], plain: str
-) -> list[Callable[[str], str]]:
+def _align(pieces: list[tuple[str, int | None]], slots: list[str], plain: str) -> list[Callable[[str], str]]:
     """One transform per piece such that the pieces rebuild ``plain`` (depth-first, first fit); when
     nothing fits (a template that decides on a text's content), each text as is."""
     identity, last = TRANSFORMS[0], len(TRANSFORMS) - 1

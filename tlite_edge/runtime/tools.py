@@ -8,6 +8,7 @@ function). The last two constrain sampling with a GBNF grammar built from the fu
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -77,9 +78,9 @@ def call_schema(tool: dict[str, Any]) -> dict[str, Any]:
 def forced_grammar(tools: Sequence[dict[str, Any]], name: str | None, parallel: bool) -> str:
     """GBNF for a reply that is one (``parallel``: one or more) ``<tool_call>`` block of ``name``
     (None: any of the tools), the arguments valid for that function's parameters."""
-    try:
-        from tlite_edge.runtime.grammar import schema_grammar
-    except ImportError:
+    try:  # the JSON-schema grammar of structured output, where this build has it
+        schema_grammar = importlib.import_module("tlite_edge.runtime.grammar").schema_grammar
+    except (ImportError, AttributeError):
         why = "a forced tool_choice needs grammar-constrained sampling (not in this build)"
         raise TliteError(None, why) from None
     chosen = [t for t in tools if name is None or t["function"]["name"] == name]
