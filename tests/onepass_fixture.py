@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tlite_edge.samples.standin import (
-    StandinShape,
     UPSTREAM_TEMPLATE,
+    StandinShape,
     bf16,
     standin_tokenizer,
     standin_weights,

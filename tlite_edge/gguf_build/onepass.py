@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFValueType, Keys
 from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType, Keys
 
 from tlite_edge.checkpoint.safetensors import count_nonfinite
 from tlite_edge.errors import TliteError
@@ -29,7 +29,7 @@ from tlite_edge.gguf_build.build import SOURCE_QTYPE, Prepared, encode_block, pe
 from tlite_edge.quant.ggml_quant import quantize_rows
 from tlite_edge.quant.profiles import Profile
 from tlite_edge.quant.quantize import QuantResult
-from tlite_edge.quant.type_rules import ModelShape, choose_types, llama_order, supported
+from tlite_edge.quant.type_rules import ModelShape, choose_types, supported
 
 GGML_QNT_VERSION = 2  # ggml.h: written as general.quantization_version by llama_model_quantize
 BLOCK_BYTES = 16 * 2**20  # float32 bytes per row block
@@ -63,7 +63,9 @@ def why_not(prep: Prepared, profile: Profile) -> str | None:
     return supported(profile, model_shape(prep))
 
 
-def level_layout(base: GGUFLayout, profile: Profile, types: dict[str, QT], order: Sequence[str]) -> GGUFLayout:
+def level_layout(
+    base: GGUFLayout, profile: Profile, types: dict[str, QT], order: Sequence[str]
+) -> GGUFLayout:
     """The intermediate's metadata as llama_model_quantize rewrites it, tensors in ``order``."""
     layout = GGUFLayout()
     for key, vtype, value, item in base.kv:
@@ -85,12 +87,15 @@ def plan_level(
     choices = choose_types(tensors, profile, model_shape(prep), bool(imatrix))
     shapes = {name: shape for name, shape, _ in tensors}
     for c in choices:
-        if imatrix and c.name in imatrix and c.name != "token_embd.weight" and c.qtype not in FILE_DTYPE:
-            if imatrix[c.name].size != shapes[c.name][-1]:
-                raise TliteError(c.name, f"imatrix has {imatrix[c.name].size} values, rows have {shapes[c.name][-1]}")
+        quantized = c.qtype not in FILE_DTYPE and c.name != "token_embd.weight"
+        if quantized and imatrix and c.name in imatrix and imatrix[c.name].size != shapes[c.name][-1]:
+            raise TliteError(
+                c.name, f"imatrix has {imatrix[c.name].size} values, rows have {shapes[c.name][-1]}"
+            )
         if c.needs_imatrix and not (imatrix and c.name in imatrix):
             raise TliteError(
-                c.name, f"level {profile.name} makes it {c.qtype.name}, which needs an importance matrix (--imatrix)"
+                c.name,
+                f"level {profile.name} makes it {c.qtype.name}, which needs an importance matrix (--imatrix)",
             )
     types = {c.name: c.qtype for c in choices}
     order = [c.name for c in choices]
@@ -210,3 +215,78 @@ def convert_levels(
     warnings = write_levels(prep, levels, imatrix=imatrix, threads=threads, verify=verify, advance=advance)
     return [result_of(lv) for lv in levels], [lv.verified for lv in levels], warnings
 
+
+def planned_dims(prep: Prepared) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """The intermediate file's tensors as (label, name -> ne) for checking an importance matrix."""
+    dims = {
+        name: tuple(reversed(shape)) + (1,) * (4 - len(shape)) for name, shape, _, _ in prep.layout.tensors
+    }
+    return prep.names.name, dims
+
+
+@dataclass
+class ConvertedLevels:
+    results: list[QuantResult]
+    verified: list[list[str]]
+    warnings: list[str]
+    via_bf16: list[str]  # one line per level that went through the intermediate file
+
+
+def convert_quantized(
+    folder: Path,
+    levels: str | Sequence[str | Profile] | None,
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    outtype: str = "bf16",
+    chat_template: Path | None = None,
+    imatrix: Path | dict[str, np.ndarray] | None = None,
+    threads: int | None = None,
+    extra_profiles: Sequence[Path] = (),
+    verify: bool = True,
+    advance: Advance | None = None,
+) -> ConvertedLevels:
+    """The checkpoint at every level: in one pass where the rules are ported, the rest through the
+    intermediate file and llama.cpp's quantizer (the file removed afterwards)."""
+    from tlite_edge.gguf_build.build import convert, prepare
+    from tlite_edge.quant.imatrix import check_against_model, physical_cores, read_imatrix
+    from tlite_edge.quant.levels import choose, quantize_levels
+
+    profiles = choose(levels, extra_profiles)
+    threads = threads or physical_cores()
+    with prepare(folder, name=name, outtype=outtype, chat_template=chat_template) as prep:
+        imp = imatrix
+        if isinstance(imatrix, Path):
+            data = read_imatrix(imatrix)
+            check_against_model(data, imatrix, planned_dims(prep))
+            imp = data.importance()
+        missing = [p.name for p in profiles if p.requires_imatrix and not imp]
+        if missing:
+            raise TliteError(
+                folder, f"level {', '.join(missing)} needs an importance matrix (--imatrix FILE)"
+            )
+        reasons = {p.name: why_not(prep, p) for p in profiles}
+        direct = [p for p in profiles if reasons[p.name] is None]
+        done = ConvertedLevels([], [], [], [])
+        if direct:
+            assert not isinstance(imp, Path)
+            results, verified, warnings = convert_levels(
+                prep, direct, out_dir, imatrix=imp, threads=threads, verify=verify, advance=advance
+            )
+            done = ConvertedLevels(results, verified, warnings, [])
+    rest = [p for p in profiles if reasons[p.name] is not None]
+    if rest:
+        mid = convert(
+            folder, name=name, outtype=outtype, out_dir=out_dir, chat_template=chat_template, verify=verify
+        )
+        try:
+            for p in rest:
+                done.via_bf16.append(f"level {p.name}: {reasons[p.name]}; quantized through {mid.path.name}")
+            done.results += quantize_levels(mid.path, rest, out_dir, imatrix=imatrix, threads=threads)
+            done.verified += [mid.verified] * len(rest)
+        finally:
+            from tlite_edge.fsutil import sidecar_path
+
+            mid.path.unlink(missing_ok=True)
+            sidecar_path(mid.path).unlink(missing_ok=True)
+    return done

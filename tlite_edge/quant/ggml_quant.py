@@ -49,7 +49,11 @@ def quant_lib() -> ctypes.CDLL:
     for qt in WRITABLE:
         name = (lib.ggml_type_name(int(qt)) or b"").decode().upper()
         block, size = GGML_QUANT_SIZES[qt]
-        if name != qt.name or lib.ggml_blck_size(int(qt)) != block or lib.ggml_row_size(int(qt), 256) != 256 // block * size:
+        if (
+            name != qt.name
+            or lib.ggml_blck_size(int(qt)) != block
+            or lib.ggml_row_size(int(qt), 256) != 256 // block * size
+        ):
             layout_mismatch(f"ggml type {int(qt)} is {name!r} in libggml, gguf-py calls it {qt.name}")
     return lib
 

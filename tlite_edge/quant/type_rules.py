@@ -98,7 +98,9 @@ CONDITIONS: dict[str, Callable[[Facts], bool]] = {
     "first_sixteenth": lambda f: f.i < f.n // 16,
     "middle": lambda f: f.n // 8 <= f.i < 7 * f.n // 8,
     "more_bits": lambda f: use_more_bits(f.i, f.n),
-    "first_eighth_or_experts8_more_bits": lambda f: f.i < f.n // 8 or (f.n_expert == 8 and use_more_bits(f.i, f.n)),
+    "first_eighth_or_experts8_more_bits": lambda f: (
+        f.i < f.n // 8 or (f.n_expert == 8 and use_more_bits(f.i, f.n))
+    ),
     "rows_not_blocks": lambda f: f.ncols % GGML_QUANT_SIZES[f.default][0] != 0,
     "default_not_q8_0": lambda f: f.default != QT.Q8_0,
     "model_70b": lambda f: f.model_70b,
@@ -178,8 +180,24 @@ RULES: tuple[Rule, ...] = (
     R("ffn_down", _f("Q4_0"), QT.Q4_1, ("imatrix", "first_eighth")),
     R("ffn_down", _f("Q5_0"), QT.Q5_1, ("imatrix", "first_eighth")),
     # attention output
-    R("attn_output", _f("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M",
-                        "IQ3_S", "IQ3_M", "IQ4_XS"), QT.Q5_K, ("experts8",)),  # fmt: skip
+    R(
+        "attn_output",
+        _f(
+            "Q2_K",
+            "IQ3_XS",
+            "IQ3_XXS",
+            "Q3_K_S",
+            "Q3_K_M",
+            "IQ4_NL",
+            "Q4_K_S",
+            "Q4_K_M",
+            "IQ3_S",
+            "IQ3_M",
+            "IQ4_XS",
+        ),
+        QT.Q5_K,
+        ("experts8",),
+    ),  # fmt: skip
     R("attn_output", ALL, None, ("experts8",)),
     R("attn_output", _f("Q2_K"), QT.Q3_K),
     R("attn_output", _f("IQ3_XXS"), QT.IQ3_S),
@@ -196,7 +214,9 @@ BUMPS: tuple[Rule, ...] = (
 )
 # tensor_type_fallback: a type whose block does not divide the row -> a 32-block type (else F16).
 FALLBACK: dict[QT, QT] = {
-    **dict.fromkeys((QT.IQ1_S, QT.IQ1_M, QT.IQ2_XXS, QT.IQ2_XS, QT.IQ2_S, QT.IQ3_XXS, QT.IQ3_S, QT.IQ4_XS), QT.IQ4_NL),
+    **dict.fromkeys(
+        (QT.IQ1_S, QT.IQ1_M, QT.IQ2_XXS, QT.IQ2_XS, QT.IQ2_S, QT.IQ3_XXS, QT.IQ3_S, QT.IQ4_XS), QT.IQ4_NL
+    ),
     **dict.fromkeys((QT.Q2_K, QT.Q3_K, QT.TQ1_0, QT.TQ2_0), QT.Q4_0),
     QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0,
 }  # fmt: skip
@@ -272,9 +292,12 @@ def quantizable(name: str, shape: tuple[int, ...]) -> bool:
 
 def _match(rules: Sequence[Rule], cat: str, ftype: str, facts: Facts) -> Rule | None:
     for rule in rules:
-        if rule.category in (cat, "*") and ftype in rule.ftypes:
-            if all(CONDITIONS[c](facts) for c in rule.when):
-                return rule
+        if (
+            rule.category in (cat, "*")
+            and ftype in rule.ftypes
+            and all(CONDITIONS[c](facts) for c in rule.when)
+        ):
+            return rule
     return None
 
 
@@ -312,7 +335,9 @@ def choose_types(
         cat = category(name)
         qtype = src
         if quantizable(name, shape):
-            qtype = _choose(name, shape[-1], cat, tied, default, profile, model, has_imatrix, seen, counts, overrides)
+            qtype = _choose(
+                name, shape[-1], cat, tied, default, profile, model, has_imatrix, seen, counts, overrides
+            )
         needs = name not in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight") and (
             qtype in NEEDS_IMATRIX or (qtype == QT.Q2_K and ftype == "MOSTLY_Q2_K_S")
         )
@@ -360,4 +385,3 @@ def _choose(
     if cat in seen:
         seen[cat] += 1
     return fallback(qtype, ncols)
-
