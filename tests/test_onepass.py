@@ -44,7 +44,8 @@ CUSTOM = parse_profile(
 
 
 def fake_imatrix(dims: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Positive per-column importance for every blk.* matrix and the output (as llama-imatrix has)."""
+    """Positive per-column importance for every blk.* matrix and the output (as llama-imatrix has);
+    ``dims`` are numpy shapes (rows first)."""
     rng = np.random.default_rng(5)
     wanted = [n for n, ne in dims.items() if len(ne) > 1 and (n.startswith("blk.") or n == "output.weight")]
     return {n: (0.05 + rng.random(dims[n][-1])).astype(np.float32) for n in wanted}
@@ -98,7 +99,7 @@ def test_every_level_equals_llama_quantize(
     if with_imatrix:
         profiles.append(CUSTOM)
     with prepare(small_tlite, name=NAME) as prep:
-        dims = {n: tuple(reversed(shape)) for n, shape, _, _ in prep.layout.tensors}
+        dims = {n: shape for n, shape, _, _ in prep.layout.tensors}
         imatrix = fake_imatrix(dims) if with_imatrix else None
         results, verified, warnings = convert_levels(prep, profiles, tmp_path, imatrix=imatrix, threads=2)
     assert not warnings
@@ -192,7 +193,7 @@ def test_types_equal_llama_dry_run(
     an importance matrix (llama.cpp's dry run is the reference; no data is read)."""
     path = tmp_path / f"{label}.gguf"
     tensors = sparse_gguf(path, shape, hidden, ffn, vocab, tied)
-    dims = {n: tuple(reversed(s)) for n, s, _ in tensors}
+    dims = {n: s for n, s, _ in tensors}
     try:
         for imatrix in (None, fake_imatrix(dims)):
             for profile in [*BUILTIN.values(), CUSTOM]:
