@@ -21,6 +21,8 @@ from tlite_edge.samples.standin import (
 BASE = 768  # ordinary tokens kept
 SPECIAL = 128000  # where Llama-3's special tokens start
 SHAPE = StandinShape(hidden=256, layers=32, heads=4, kv_heads=1, ffn=32, vocab=BASE + 256, context=2048)
+# 8 layers (the layer rules still split them) and ffn_down rows of 48: no 32-block type fits, F16 does.
+SHORT = StandinShape(hidden=256, layers=8, heads=4, kv_heads=1, ffn=48, vocab=BASE + 256, context=2048)
 
 
 def small_tokenizer() -> dict[str, Any]:
@@ -39,23 +41,23 @@ def small_tokenizer() -> dict[str, Any]:
     return tok
 
 
-def write_small_tlite(out: Path, seed: int = 3) -> Path:
+def write_small_tlite(out: Path, seed: int = 3, shape: StandinShape = SHAPE) -> Path:
     """The checkpoint folder at ``out`` (bf16, one shard)."""
     out.mkdir(parents=True, exist_ok=True)
-    weights = standin_weights(SHAPE, seed)
+    weights = standin_weights(shape, seed)
     write_safetensors(out / "model.safetensors", {n: bf16(w) for n, w in weights.items()})
     write_json(
         out / "config.json",
         {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
-            "hidden_size": SHAPE.hidden,
-            "num_hidden_layers": SHAPE.layers,
-            "num_attention_heads": SHAPE.heads,
-            "num_key_value_heads": SHAPE.kv_heads,
-            "intermediate_size": SHAPE.ffn,
-            "vocab_size": SHAPE.vocab,
-            "max_position_embeddings": SHAPE.context,
+            "hidden_size": shape.hidden,
+            "num_hidden_layers": shape.layers,
+            "num_attention_heads": shape.heads,
+            "num_key_value_heads": shape.kv_heads,
+            "intermediate_size": shape.ffn,
+            "vocab_size": shape.vocab,
+            "max_position_embeddings": shape.context,
             "rope_theta": 500000.0,
             "rms_norm_eps": 1e-5,
             "tie_word_embeddings": False,
@@ -71,7 +73,7 @@ def write_small_tlite(out: Path, seed: int = 3) -> Path:
         {
             "bos_token": "<|begin_of_text|>",
             "eos_token": "<|eot_id|>",
-            "model_max_length": SHAPE.context,
+            "model_max_length": shape.context,
             "tokenizer_class": "PreTrainedTokenizerFast",
             "added_tokens_decoder": {
                 str(t["id"]): {"content": t["content"], "special": True} for t in tok["added_tokens"]

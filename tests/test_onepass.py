@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import run_cli
-from gguf import GGUFReader, GGUFValueType
 from gguf import GGMLQuantizationType as QT
-from onepass_fixture import SHAPE, write_small_tlite
+from gguf import GGUFReader, GGUFValueType
+from onepass_fixture import SHAPE, SHORT, write_small_tlite
 
 from tlite_edge.fsutil import sidecar_path
 from tlite_edge.gguf.writer import GGUFLayout
@@ -72,46 +71,53 @@ def small_tlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference(small_tlite: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """llama.cpp's output for (profile, imatrix?) from our BF16 file, made once per session."""
-    out = tmp_path_factory.mktemp("reference")
-    bf16 = convert(small_tlite, name=NAME, out_dir=out, verify=False).path
-    made: dict[tuple[str, bool], Path] = {}
-
-    def get(profile: Profile, imatrix: dict[str, np.ndarray] | None) -> Path:
-        key = (profile.name, imatrix is not None)
-        if key not in made:
-            dst = out / f"{'imat-' if imatrix else ''}{profile.output_name(NAME)}"
-            made[key] = quantize(bf16, profile, dst, imatrix=imatrix, threads=2).path  # type: ignore[assignment]
-        return made[key]
-
-    get.bf16 = bf16  # type: ignore[attr-defined]
-    return get
+def short_tlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_small_tlite(tmp_path_factory.mktemp("short-tlite") / NAME, shape=SHORT)
 
 
-@pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
+def reference(source: Path, out: Path, profile: Profile, imatrix: dict[str, np.ndarray] | None) -> Path:
+    """llama.cpp's output for ``profile`` from our BF16 file of ``source`` (converted once into ``out``)."""
+    bf16 = out / f"{NAME}-BF16.gguf"
+    if not bf16.exists():
+        convert(source, name=NAME, out_dir=out, verify=False)
+    result = quantize(bf16, profile, out / profile.output_name(NAME), imatrix=imatrix, threads=2)
+    assert result.path is not None
+    return result.path
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["32-layers-plain", "8-layers-imatrix"])
 def test_every_level_equals_llama_quantize(
-    small_tlite: Path, reference: Callable[..., Path], tmp_path: Path, with_imatrix: bool
+    small_tlite: Path, short_tlite: Path, tmp_path: Path, with_imatrix: bool
 ) -> None:
     """All built-in profiles (and a custom one with overrides) in one pass: whole files identical,
-    each output passing the tokenizer/template self-check."""
+    each output passing the tokenizer/template self-check. 32 layers without an importance matrix;
+    8 layers (cheaper, same rules) with one, where no row type fits ffn_down but F16."""
     profiles = [p for p in BUILTIN.values() if with_imatrix or not p.requires_imatrix]
+    source = short_tlite if with_imatrix else small_tlite
     if with_imatrix:
         profiles.append(CUSTOM)
-    with prepare(small_tlite, name=NAME) as prep:
+    (ref_dir := tmp_path / "ref").mkdir()
+    with prepare(source, name=NAME) as prep:
         dims = {n: shape for n, shape, _, _ in prep.layout.tensors}
         imatrix = fake_imatrix(dims) if with_imatrix else None
-        results, verified, warnings = convert_levels(prep, profiles, tmp_path, imatrix=imatrix, threads=2)
+        results, verified, warnings = convert_levels(
+            prep, profiles, tmp_path / "one", imatrix=imatrix, threads=2
+        )
     assert not warnings
     for profile, result, lines in zip(profiles, results, verified, strict=True):
-        ref = reference(profile, imatrix)
+        ref = reference(source, ref_dir, profile, imatrix)
         assert result.path is not None
-        assert result.path.read_bytes() == ref.read_bytes(), f"{profile.name}: {first_difference(result.path, ref)}"
+        assert result.path.read_bytes() == ref.read_bytes(), (
+            f"{profile.name}: {first_difference(result.path, ref)}"
+        )
         assert any(line.startswith("tokenizer parity") for line in lines)
         assert sidecar_path(result.path).read_text().split()[0] == result.sha256
-    # the fixture reaches the fallbacks: ffn_down rows (32 wide) cannot hold a 256-block type
-    types = {t.name: t.tensor_type for t in GGUFReader(results[0].path).tensors}
-    assert SHAPE.ffn % 256 and types["blk.0.ffn_down.weight"] not in (QT.Q4_K, QT.Q6_K, QT.Q2_K, QT.Q3_K)
+    # the fixtures reach the fallbacks: ffn_down rows (32 wide) take a 32-block type, (48 wide) F16
+    types = {t.name: t.tensor_type for t in GGUFReader(results[-1].path).tensors}
+    if with_imatrix:
+        assert SHORT.ffn % 32 and types["blk.0.ffn_down.weight"] == QT.F16
+    else:
+        assert SHAPE.ffn % 256 == 32 and types["blk.0.ffn_down.weight"] in (QT.Q5_0, QT.Q8_0, QT.IQ4_NL)
 
 
 def dry_run_types(path: Path, profile: Profile, imatrix: dict[str, np.ndarray] | None) -> dict[str, str]:
@@ -200,7 +206,9 @@ def test_types_equal_llama_dry_run(
                 if profile.requires_imatrix and imatrix is None:
                     continue
                 theirs = dry_run_types(path, profile, imatrix)
-                ours = {c.name: c.qtype.name for c in choose_types(tensors, profile, shape, imatrix is not None)}
+                ours = {
+                    c.name: c.qtype.name for c in choose_types(tensors, profile, shape, imatrix is not None)
+                }
                 assert list(ours) == list(theirs), "tensor order differs"
                 wrong = {n: (ours[n], theirs[n]) for n in ours if ours[n] != theirs[n]}
                 assert not wrong, f"{label} {profile.name} imatrix={imatrix is not None}: {wrong}"
