@@ -230,3 +230,20 @@ def test_cli_one_pass_equals_via_bf16(small_tlite: Path, tmp_path: Path) -> None
         assert gguf.read_bytes() == (via / gguf.name).read_bytes()
         assert "# tokenizer parity" in sidecar_path(gguf).read_text()
     assert r1.stdout.count("verified") >= 4
+
+
+def test_level_without_ported_rules_goes_through_bf16(small_tlite: Path, tmp_path: Path) -> None:
+    """A level whose rules are not ported (MXFP4 MoE) is made from the BF16 file, said in one line;
+    the other levels still come in one pass, and no intermediate file is left."""
+    (tmp_path / "mx.toml").write_text(
+        'name = "MX"\nftype = "MOSTLY_MXFP4_MOE"\ndescription = "x"\ntarget = "x"\nrequires_imatrix = false\n'
+    )
+    out = tmp_path / "out"
+    r = run_cli(
+        "convert", small_tlite, "--name", NAME, "-q", "mx,q8_0", "--out-dir", out,
+        "--profiles", tmp_path / "mx.toml", "--no-verify",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if "MOSTLY_MXFP4_MOE" in line]
+    assert len(lines) == 1 and "quantized through" in lines[0]
+    assert sorted(p.name for p in out.glob("*.gguf")) == [f"{NAME}-MX.gguf", f"{NAME}-Q8_0.gguf"]

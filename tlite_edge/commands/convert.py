@@ -76,7 +76,7 @@ def run_one_pass(args: argparse.Namespace, folder: Path, name: str, console: Con
     for warning in done.warnings:
         print(f"tlite-edge convert: warning: {warning}", file=sys.stderr)
     for line in done.via_bf16:
-        console.print(f"[yellow]via {args.outtype}[/]: {line}")
+        console.print(f"[yellow]via {args.outtype}[/]: {line}", soft_wrap=True)
     for result, verified in zip(done.results, done.verified, strict=True):
         console.print(
             f"[green]wrote[/] {result.path} ({result.size_mib:,.1f} MiB, {result.bpw:.2f} bpw) "
