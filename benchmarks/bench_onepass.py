@@ -104,7 +104,7 @@ def main() -> None:
         f"Date {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"checkpoint {args.checkpoint.name}"
     )
-    print(f"`{Path(sys.argv[0]).as_posix()} {' '.join(sys.argv[1:])}`\n")
+    print(f"`python benchmarks/bench_onepass.py {' '.join(sys.argv[1:])}`\n")
     print(
         "| levels | path | wall s (median) | peak RSS GiB | peak RssAnon GiB | disk peak GiB | outputs GiB |"
     )
