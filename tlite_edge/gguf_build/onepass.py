@@ -162,17 +162,17 @@ def write_levels(
             bad = [0]
             for block in file_blocks(prep, name, bad):
                 rows = None
-                jobs = []
+                made: dict[QT, list] = {file_type: [block]}  # levels that share a type share its bytes
                 for lv in levels:
                     qtype = lv.types[name]
-                    if qtype == file_type:
-                        jobs.append([block])
+                    if qtype in made:
                         continue
                     if rows is None:
                         rows = _as_f32(block, file_type).reshape(block.shape[0] if block.ndim > 1 else 1, -1)
                     use = imat if imat is not None and imat.size == rows.shape[1] else None
                     parts = np.array_split(rows, min(max(1, threads), rows.shape[0]))
-                    jobs.append([pool.submit(quantize_rows, p, qtype, use) for p in parts])
+                    made[qtype] = [pool.submit(quantize_rows, p, qtype, use) for p in parts]
+                jobs = [made[lv.types[name]] for lv in levels]
                 for lv, parts in zip(levels, jobs, strict=True):
                     for part in parts:
                         assert lv.sink is not None
