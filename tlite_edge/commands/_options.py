@@ -109,6 +109,18 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
         help="thinking on/off for models whose template has the switch (Qwen3); default: the template's",
     )
     p.add_argument("--hide-thinking", action="store_true", help="do not show the model's thinking")
+    add_speculative_argument(p)
+
+
+def add_speculative_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-speculative`` (run, chat, serve): decode one token per model step."""
+    p.add_argument(
+        "--no-speculative",
+        dest="speculative",
+        action="store_false",
+        help="no speculative decoding (by default, text the reply copies from the prompt is checked "
+        "several tokens per model step; the output is the same)",
+    )
 
 
 MIN_CTX = 64  # a chat prompt (template and a short message) and a few reply tokens
@@ -139,4 +151,6 @@ def load_engine(args: argparse.Namespace) -> Engine:
     from tlite_edge.runtime.engine import Engine  # heavy import, only for the verbs that run a model
 
     seed = llama_cpp.LLAMA_DEFAULT_SEED if args.seed is None else args.seed
-    return Engine.load(args.model, ctx=args.ctx, threads=args.threads, seed=seed)
+    return Engine.load(
+        args.model, ctx=args.ctx, threads=args.threads, seed=seed, speculative=args.speculative
+    )

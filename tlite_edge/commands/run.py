@@ -41,6 +41,8 @@ COUNTS = (
     "evaluated_tokens",
     "generated_tokens",
     "dropped_messages",
+    "drafted",
+    "accepted",
     "notices",
 )
 TIMINGS = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tlite_edge.commands._options import add_speculative_argument
 from tlite_edge.serve.server import API_KEY_ENV, ServerConfig, serve
 
 D = ServerConfig(Path("MODEL.gguf"))  # the defaults
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     number("--parallel", int, "requests answered at once (engines; default {})")
     number("--max-queue", int, "requests waiting for a slot (default {})")
     number("--threads", int, "CPU threads per slot (default: physical cores / parallel)")
+    add_speculative_argument(p)
     number("--max-body", int, "largest request body in bytes (1 MiB)")
     number("--max-messages", int, "most messages in one chat request")
     number("--timeout", float, "seconds a request may take, queue included")
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             parallel=args.parallel,
             max_queue=args.max_queue,
             threads=args.threads,
+            speculative=args.speculative,
             max_body=args.max_body,
             max_messages=args.max_messages,
             timeout=args.timeout,

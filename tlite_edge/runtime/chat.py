@@ -22,6 +22,7 @@ from tlite_edge.errors import TliteError
 from tlite_edge.runtime.parts import Part, ReplyParser, Utf8Stream
 from tlite_edge.runtime.prompt import Prompt, check_tool_text
 from tlite_edge.runtime.sampler import Sampler, TokenLogprob
+from tlite_edge.runtime.speculate import MAX_DRAFT, MIN_DRAFT, Drafter, decode_all, truncate
 from tlite_edge.runtime.tools import AUTO, NONE, check_tools, forced_grammar, forced_name
 from tlite_edge.runtime.types import Message, ReplyStats, Sampling, reply_budget
 
@@ -64,6 +65,10 @@ class Reply:
         self.sampler = Sampler(engine.vocab, engine.n_vocab, sampling, seed)
         # one entry per reply token (``message.tokens``) when sampling.logprobs is set
         self.logprobs: list[TokenLogprob] | None = [] if sampling.logprobs is not None else None
+        # speculative decoding: the drafter, and the last verified batch (its first KV position, drafts,
+        # and the output sampled last)
+        self.drafter = Drafter(prompt, max_tokens) if engine.settings.speculative and max_tokens > 1 else None
+        self._batch: tuple[int, list[int], int] | None = None
         self._gen = self._parse()
 
     def __iter__(self) -> Iterator[str]:
@@ -154,8 +159,8 @@ class Reply:
         try:
             if not self._read_prompt():
                 return
+            token = self.sample_at(-1)
             while True:
-                token = self.sample_at(-1)
                 now = time.perf_counter()
                 if not t_first:
                     t_first = now
@@ -181,13 +186,15 @@ class Reply:
                 if stats.generated_tokens >= self.max_tokens:
                     stats.finish_reason = "length"
                     break
-                self.evaluate([token])
+                token = self._next(token)
             tail = utf8.flush()
             msg.content += tail
             if tail:
                 yield tail
         finally:
             llama_cpp.llama_set_abort_callback(ctx, NO_ABORT, None)
+            if self._batch is not None:  # the KV cache keeps what a step-by-step reply would have
+                truncate(engine.llm, self._batch[0] + self._batch[2] + 1)
             if not stats.finish_reason:  # closed by the consumer
                 stats.finish_reason = "stopped"
                 msg.content += utf8.flush()
@@ -199,6 +206,33 @@ class Reply:
         """Decode ``tokens`` after what the KV cache holds (in batches); logits come for the last one."""
         if tokens:
             self.chat.engine.llm.eval(tokens)
+
+    def _next(self, token: int) -> int:
+        """The token after ``token`` (kept): from the last verified batch while its drafts hold, else
+        after decoding ``token`` (with a draft when one is found)."""
+        llm, stats = self.chat.engine.llm, self.stats
+        if self.drafter is None:
+            self.evaluate([token])
+            return self.sample_at(-1)
+        self.drafter.push(token)
+        if self._batch is not None:
+            base, drafts, idx = self._batch
+            if idx < len(drafts) and drafts[idx] == token:  # the draft holds: its output is ready
+                stats.accepted += 1
+                self._batch = (base, drafts, idx + 1)
+                return self.sample_at(idx + 1)
+            truncate(llm, base + idx + 1)  # drop the rejected drafts
+            self._batch = None
+        # a draft may cover only tokens the reply can still take after the next one
+        room = min(MAX_DRAFT, self.max_tokens - stats.generated_tokens - 1)
+        drafts = self.drafter.draft(room) if room >= MIN_DRAFT else []
+        if len(drafts) < MIN_DRAFT:
+            self.evaluate([token])
+            return self.sample_at(-1)
+        self._batch = (llm.n_tokens, drafts, 0)
+        decode_all(llm, [token, *drafts])
+        stats.drafted += len(drafts)
+        return self.sample_at(0)
 
     def sample_at(self, idx: int) -> int:
         """The token drawn from output ``idx`` of the last evaluation (-1: its last token), accepted by

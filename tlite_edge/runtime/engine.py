@@ -49,6 +49,7 @@ class EngineSettings:
     n_params: int
     memory_available: int
     memory_kind: str  # "RAM" or the GPU device the weights go to
+    speculative: bool = True  # prompt-lookup speculative decoding in replies (runtime.speculate)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,8 +147,10 @@ class Engine:
         seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
         verbose: bool = False,
         hardware: Hardware | None = None,
+        speculative: bool = True,
     ) -> Engine:
-        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers."""
+        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers;
+        ``speculative``: draft tokens from the prompt and check them in one batch (``runtime.speculate``)."""
         header = check_model(path)
         meta = {k: v for k, v in header.kv.items() if not k.startswith(GGML_TOKENIZER_PREFIX)}
         meta[Keys.Tokenizer.CHAT_TEMPLATE] = header.kv.get(Keys.Tokenizer.CHAT_TEMPLATE)
@@ -199,6 +202,7 @@ class Engine:
             n_params=n_params,
             memory_available=budget,
             memory_kind=kind,
+            speculative=speculative,
             warnings=warnings,
         )
         try:

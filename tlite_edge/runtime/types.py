@@ -111,8 +111,10 @@ class ReplyStats:
     time_to_first_token: float = 0.0  # from send() to the first sampled token
     finish_reason: str = ""  # "stop" (end of turn), "length", "stopped"; "" while running
     dropped_messages: int = 0  # oldest messages left out to fit the context
+    drafted: int = 0  # tokens proposed by speculative decoding (checked in a batch)
+    accepted: int = 0  # drafted tokens the samplers drew as well (kept without a decode of their own)
     notices: list[str] = field(default_factory=list)
-    _decodes: int = field(default=0, repr=False)  # tokens sampled after the first (one decode each)
+    _decodes: int = field(default=0, repr=False)  # tokens sampled after the first
 
     @property
     def prompt_tokens_per_s(self) -> float:
@@ -120,7 +122,8 @@ class ReplyStats:
 
     @property
     def decoded_tokens(self) -> int:
-        """Reply tokens fed back through the model (one decode each) within ``generation_seconds``."""
+        """Reply tokens fed back through the model within ``generation_seconds`` (one decode each, or
+        several per batch with speculative decoding)."""
         return self._decodes
 
     @property

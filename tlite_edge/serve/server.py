@@ -56,6 +56,7 @@ class ServerConfig:
     parallel: int = 1  # engines answering at once
     max_queue: int = 16  # requests waiting for a slot
     threads: int | None = None  # per slot; None: physical cores / parallel
+    speculative: bool = True  # prompt-lookup speculative decoding
     max_body: int = 1 << 20
     max_messages: int = 256
     timeout: float = 300.0  # seconds a request may take, queue included
@@ -141,7 +142,10 @@ def load_engines(cfg: ServerConfig) -> list[Engine]:
     loading = f"loading {cfg.model.name} ×{cfg.parallel}"
     with console.status(loading) if sys.stderr.isatty() else nullcontext():
         for _ in range(cfg.parallel):
-            engines.append(Engine.load(cfg.model, ctx=cfg.ctx, threads=threads, hardware=hw))
+            engine = Engine.load(
+                cfg.model, ctx=cfg.ctx, threads=threads, hardware=hw, speculative=cfg.speculative
+            )
+            engines.append(engine)
     for warning in engines[0].warnings:
         log_line({"event": "warning", "message": warning})
     return engines

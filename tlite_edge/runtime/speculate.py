@@ -1,0 +1,71 @@
+"""Prompt-lookup speculative decoding: more than one reply token per model step when the reply copies.
+
+The drafter matches the last few tokens (an n-gram) against the prompt and the reply so far and
+proposes the tokens that followed the most recent match; ``decode_all`` evaluates the last kept token
+and the drafts in one batch with logits at every position. The reply then samples at those positions in
+order with its own sampler chain and keeps a draft only while the sampled token equals it (the first
+mismatch's sampled token is kept too), so the samplers see exactly the tokens they would have seen one
+step at a time: greedy output is the same and sampled output follows the same distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import llama_cpp
+import numpy as np
+
+MAX_NGRAM = 4  # longest suffix looked up
+MIN_NGRAM = 2  # shortest: a one-token match predicts too little to pay for a batch
+MAX_DRAFT = 8  # tokens proposed per step
+MIN_DRAFT = 2  # a shorter draft is not worth a batch: decode one token as usual
+
+
+class Drafter:
+    """The prompt and the reply so far, and drafts looked up in them."""
+
+    def __init__(self, prompt: Sequence[int], capacity: int) -> None:
+        self.ids = np.zeros(len(prompt) + capacity + 1, dtype=np.int32)
+        self.ids[: len(prompt)] = prompt
+        self.n = len(prompt)
+
+    def push(self, token: int) -> None:
+        if self.n < len(self.ids):
+            self.ids[self.n] = token
+            self.n += 1
+
+    def draft(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest matching
+        suffix (``MAX_NGRAM`` down to ``MIN_NGRAM`` tokens) followed by ``MIN_DRAFT`` tokens at least;
+        [] when there is none."""
+        ids, n = self.ids, self.n
+        for size in range(min(MAX_NGRAM, n - 1), MIN_NGRAM - 1, -1):
+            suffix = ids[n - size : n]
+            # windows starting at 0 .. n-size-1: every earlier occurrence (the suffix itself excluded)
+            windows = np.lib.stride_tricks.sliding_window_view(ids[: n - 1], size)
+            starts = np.flatnonzero((windows == suffix).all(axis=1)) + size
+            starts = starts[starts + MIN_DRAFT <= n]  # matches that leave a draft worth a batch
+            if len(starts):
+                start = int(starts[-1])
+                return ids[start : min(start + k, n)].tolist()
+        return []
+
+
+def decode_all(llm: llama_cpp.Llama, tokens: Sequence[int]) -> None:
+    """Decode ``tokens`` after what the KV cache holds in one batch, with logits at every position
+    (output ``i`` is the distribution after ``tokens[i]``)."""
+    llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+    n_past = llm.n_tokens
+    llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
+    llm._ctx.decode(llm._batch)
+    llm.input_ids[n_past : n_past + len(tokens)] = tokens
+    llm.n_tokens += len(tokens)
+    llm._requires_eval = False
+
+
+def truncate(llm: llama_cpp.Llama, n: int) -> None:
+    """Forget the KV cache past ``n`` tokens (rejected drafts); the next turn re-evaluates its last token."""
+    if llm.n_tokens > n:
+        llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        llm.n_tokens = n
+        llm._requires_eval = True
