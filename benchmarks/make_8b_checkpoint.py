@@ -8,6 +8,7 @@ Usage::
 
     python benchmarks/make_8b_checkpoint.py --out bench-data/tlite-8b-random
     python benchmarks/make_8b_checkpoint.py --out bench-data/tiny --layers 2
+    python benchmarks/make_8b_checkpoint.py --out bench-data/llama-1b-random --shape 1b
 
 The safetensors files are written by hand, streaming random bytes in bounded
 chunks through a writer thread, so memory stays around a few hundred MB and the
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,6 +38,29 @@ HEADS = 32
 KV_HEADS = 8
 HEAD_DIM = HIDDEN // HEADS
 INTERMEDIATE = 14336
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes that differ between Llama-3-family checkpoints (vocabulary and tokenizer stay)."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    layers: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+# --shape: T-lite-instruct-0.1 (Llama-3-8B), and Llama-3.2-3B / -1B sizes with an untied lm_head.
+SHAPES = {
+    "8b": Shape(HIDDEN, HEADS, KV_HEADS, INTERMEDIATE, 32),
+    "3b": Shape(3072, 24, 8, 8192, 28),
+    "1b": Shape(2048, 32, 8, 8192, 16),
+}
 VOCAB = 128256
 BOS_ID = 128000
 EOT_ID = 128009
@@ -61,24 +86,24 @@ LLAMA3_CHAT_TEMPLATE = (
 Spec = tuple[str, tuple[int, ...]]
 
 
-def tensor_specs(n_layers: int) -> list[Spec]:
+def tensor_specs(n_layers: int, shape: Shape = SHAPES["8b"]) -> list[Spec]:
     """Return (name, HF shape [out, in]) for every tensor, in checkpoint order."""
-    kv = KV_HEADS * HEAD_DIM
-    specs: list[Spec] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    h, ff, kv = shape.hidden, shape.intermediate, shape.kv_heads * shape.head_dim
+    specs: list[Spec] = [("model.embed_tokens.weight", (VOCAB, h))]
     for i in range(n_layers):
         p = f"model.layers.{i}."
         specs += [
-            (p + "input_layernorm.weight", (HIDDEN,)),
-            (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "self_attn.k_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.v_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "post_attention_layernorm.weight", (HIDDEN,)),
-            (p + "mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
-            (p + "mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
-            (p + "mlp.down_proj.weight", (HIDDEN, INTERMEDIATE)),
+            (p + "input_layernorm.weight", (h,)),
+            (p + "self_attn.q_proj.weight", (h, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, h)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "mlp.gate_proj.weight", (ff, h)),
+            (p + "mlp.up_proj.weight", (ff, h)),
+            (p + "mlp.down_proj.weight", (h, ff)),
         ]
-    specs += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    specs += [("model.norm.weight", (h,)), ("lm_head.weight", (VOCAB, h))]
     return specs
 
 
@@ -209,8 +234,8 @@ def tokenizer_config(tok: dict[str, Any]) -> dict[str, object]:
     }
 
 
-def model_config(n_layers: int) -> dict[str, object]:
-    """Return T-lite-instruct-0.1's config.json (with num_hidden_layers overridable)."""
+def model_config(n_layers: int, shape: Shape = SHAPES["8b"]) -> dict[str, object]:
+    """Return T-lite-instruct-0.1's config.json (with num_hidden_layers and the sizes overridable)."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
@@ -218,15 +243,15 @@ def model_config(n_layers: int) -> dict[str, object]:
         "bos_token_id": BOS_ID,
         "eos_token_id": EOT_ID,
         "hidden_act": "silu",
-        "hidden_size": HIDDEN,
+        "hidden_size": shape.hidden,
         "initializer_range": 0.02,
-        "intermediate_size": INTERMEDIATE,
+        "intermediate_size": shape.intermediate,
         "max_position_embeddings": 8192,
         "mlp_bias": False,
         "model_type": "llama",
-        "num_attention_heads": HEADS,
+        "num_attention_heads": shape.heads,
         "num_hidden_layers": n_layers,
-        "num_key_value_heads": KV_HEADS,
+        "num_key_value_heads": shape.kv_heads,
         "pretraining_tp": 1,
         "rms_norm_eps": 1e-05,
         "rope_scaling": None,
@@ -248,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
-    ap.add_argument("--layers", type=int, default=32, help="decoder layers (default 32, as upstream)")
+    ap.add_argument(
+        "--shape", choices=SHAPES, default="8b", help="sizes: 8b (T-lite, default), 3b or 1b (Llama-3.2's)"
+    )
+    ap.add_argument("--layers", type=int, help="decoder layers (default: the shape's, 32 for 8b)")
     ap.add_argument(
         "--tokenizer-json",
         type=Path,
@@ -259,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
     ap.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     args = ap.parse_args(argv)
+    shape = SHAPES[args.shape]
+    if args.layers is None:
+        args.layers = shape.layers
     if args.layers < 1 or args.shards < 1:
         ap.error("--layers and --shards must be >= 1")
 
@@ -269,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(out.iterdir()) and not args.force:
         sys.exit(f"error: {out} is not empty (use --force to overwrite)")
 
-    specs = tensor_specs(args.layers)
+    specs = tensor_specs(args.layers, shape)
     total = sum(nbytes(s) for _, s in specs)
     free = shutil.disk_usage(out).free
     if free < total + (256 << 20):
@@ -287,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
     )
-    write_json(out / "config.json", model_config(args.layers))
+    write_json(out / "config.json", model_config(args.layers, shape))
     write_json(
         out / "generation_config.json",
         {
