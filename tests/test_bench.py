@@ -61,6 +61,9 @@ def test_bench_json(result: dict[str, Any], looping: Path) -> None:
     assert bw["read_bytes_per_s"] > 1e8
     assert bw["tg_bound_tok_s"] == pytest.approx(bw["read_bytes_per_s"] / bw["weight_bytes_per_token"])
     assert bw["bare_tg_vs_bound"] == pytest.approx(bare["tg_tok_s"] / bw["tg_bound_tok_s"])
+    for who in (ours, bare):  # time outside llama_decode per generated token: some, less than all of it
+        assert 0 < who["tg_overhead_ms"] < 1000 / who["tg_tok_s"]
+    assert result["llama_bench"] is None
     assert result["interleaved"] is (result["gpu_layers"] == 0)  # on CPU both stay loaded, runs alternate
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import numpy as np
 
 from tlite_edge.gguf.reader import GGUFHeader
@@ -116,16 +117,28 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
-def _ours_run(engine: Engine, text: str, sampling: Sampling) -> tuple[list[int], Any]:
-    """One cold pp + tg run through ``Chat.send``: (prompt ids, reply stats)."""
+def _ours_run(engine: Engine, text: str, sampling: Sampling) -> tuple[list[int], Any, float]:
+    """One cold pp + tg run through ``Chat.send``: (prompt ids, reply stats, seconds llama.cpp spent
+    decoding the generated tokens: its perf counters, reset when the reply starts)."""
     engine.llm.reset()  # a cold prompt: evaluate it all
     reply = Chat(engine, sampling=sampling).send(text)
     reply.result()
-    return reply.prompt, reply.stats
+    return reply.prompt, reply.stats, decode_seconds(engine.llm.ctx)
 
 
-def _ours_summary(runs: list[tuple[list[int], Any]]) -> dict[str, Any]:
-    stats = [s for _, s in runs]
+def decode_seconds(ctx: Any) -> float:
+    """llama.cpp's time in single-token decodes since its perf counters were last reset."""
+    perf = llama_cpp.llama_perf_context(ctx)
+    return perf.t_eval_ms / 1000 if perf.n_eval > 0 else 0.0
+
+
+def overhead_ms(wall: list[float], decode: list[float], tokens: list[int]) -> float:
+    """Median per-token time outside llama_decode (sampling, Python) in generation, in ms."""
+    return _median([1000 * (w - d) / n for w, d, n in zip(wall, decode, tokens, strict=True) if n > 0])
+
+
+def _ours_summary(runs: list[tuple[list[int], Any, float]]) -> dict[str, Any]:
+    stats = [s for _, s, _ in runs]
     return {
         "pp_tokens": len(runs[0][0]),
         "evaluated_tokens": min(s.evaluated_tokens for s in stats),
@@ -147,6 +160,10 @@ def _bare_summary(bare: BareLlama, runs: list[Any]) -> dict[str, Any]:
         "tg_tok_s": _median([r.tg_tok_s for r in runs]),
         "pp_samples": [r.pp_tok_s for r in runs],
         "tg_samples": [r.tg_tok_s for r in runs],
+        "tg_overhead_ms": overhead_ms(
+            [r.generation_seconds for r in runs], [r.decode_seconds for r in runs],
+            [r.generated_tokens for r in runs],
+        ),
     }
 
 
@@ -247,7 +264,7 @@ def run_bench(
     lb_settings = llama_bench_settings(engine)
     lb_runs: list[LlamaBenchResult] = []
     interleave = settings.gpu_layers == 0
-    ours_runs: list[tuple[list[int], Any]] = []
+    ours_runs: list[tuple[list[int], Any, float]] = []
     if not interleave:
         for rep in range(cfg.reps):
             step(f"ours: pp{cfg.pp} + tg{cfg.tg}, run {rep + 1}/{cfg.reps}")
@@ -263,7 +280,7 @@ def run_bench(
             order = who_all if rep % 2 == 0 else who_all[::-1]
             for who in order if interleave else ("bare",):
                 step(f"{who}: pp{len(prompt)} + tg{cfg.tg}, run {rep + 1}/{cfg.reps}")
-                n_gen = min(s.decoded_tokens for _, s in ours_runs) if ours_runs else cfg.tg
+                n_gen = min(s.decoded_tokens for _, s, _ in ours_runs) if ours_runs else cfg.tg
                 if who == "ours":
                     ours_runs.append(_ours_run(engine, text, sampling))
                 elif who == "bare":
