@@ -46,6 +46,8 @@ def section(r: dict[str, Any]) -> list[str]:
         f"{r['ratios']['pp_vs_bare']:.3f} |",
         f"| tg{ours['tg_tokens']} (tok/s) | {ours['tg_tok_s']:.2f} | {bare['tg_tok_s']:.2f} | "
         f"{r['ratios']['tg_vs_bare']:.3f} |",
+        f"| tg: ms per token outside llama_decode | {ours['tg_overhead_ms']:.2f} | "
+        f"{bare['tg_overhead_ms']:.2f} | |",
         f"| time to first token, pp{ours['pp_tokens']} prompt (s) | {ours['ttft_s']:.3f} | | |",
         f"| peak RSS (GiB) | {ours['peak_rss_bytes'] / 2**30:.2f} | | |",
         "",

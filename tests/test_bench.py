@@ -77,6 +77,7 @@ def test_bench_table(result: dict[str, Any]) -> None:
     text = out.getvalue()
     assert f"pp{result['ours']['pp_tokens']} (tok/s)" in text and "tg11 (tok/s)" in text
     assert "multi-turn chat" in text and all(k in text for k in TARGETS)
+    assert "outside llama_decode" in text and "against llama-bench" not in text
 
 
 def test_weight_bytes_per_token() -> None:
@@ -186,15 +187,22 @@ def test_llama_bench_real_output(looping: Path) -> None:
         assert r.tok_s == pytest.approx(sum(r.samples) / 2, rel=0.05)  # avg_ts: the mean over repetitions
         assert (r.n_threads, r.n_batch, r.n_ubatch, r.flash_attn) == (1, 64, 32, -1)
 
-    proc = run_cli("bench", looping, *ARGS, "--turn-reply", "4", "--bandwidth-mib", "64", "--reps", "2",
-                   "--llama-bench", binary, "--json")  # fmt: skip
+    proc = run_cli("bench", looping, *ARGS, "--turn-reply", "4", "--bandwidth-mib", "64", "--reps", "1",
+                   "--turns", "2", "--tg", "6", "--llama-bench", binary, "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     ours, anchor = r["ours"], r["llama_bench"]
     assert anchor["binary"] == str(binary) and anchor["depth"] == ours["pp_tokens"] == anchor["pp_tokens"]
     assert anchor["tg_tokens"] == ours["tg_tokens"]
     assert anchor["settings"]["threads"] == r["threads"]
-    assert len(anchor["pp_samples"]) == len(anchor["tg_samples"]) == len(anchor["tg_depth_samples"]) == 2
+    assert len(anchor["pp_samples"]) == len(anchor["tg_samples"]) == len(anchor["tg_depth_samples"]) == 1
     assert r["ratios"]["pp_vs_llama_bench"] == pytest.approx(ours["pp_tok_s"] / anchor["pp_tok_s"])
     assert r["ratios"]["tg_vs_llama_bench"] == pytest.approx(ours["tg_tok_s"] / anchor["tg_depth_tok_s"])
     assert set(r["targets"]) == set(TARGETS) | set(LLAMA_BENCH_TARGETS)
+    from rich.console import Console
+
+    from tlite_edge.commands.bench import render
+
+    out = io.StringIO()
+    render(r, Console(file=out, width=160, color_system=None))
+    assert "against llama-bench" in out.getvalue() and "tg_vs_llama_bench" in out.getvalue()

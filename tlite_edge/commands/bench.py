@@ -103,6 +103,8 @@ def render(r: dict[str, Any], console: Console) -> None:
          _x(r["ratios"]["pp_vs_bare"])),
         (f"tg{ours['tg_tokens']} (tok/s)", f"{ours['tg_tok_s']:.2f}", f"{bare['tg_tok_s']:.2f}",
          _x(r["ratios"]["tg_vs_bare"])),
+        ("tg: ms/token outside llama_decode", f"{ours['tg_overhead_ms']:.2f}",
+         f"{bare['tg_overhead_ms']:.2f}", ""),
         ("time to first token (s)", f"{ours['ttft_s']:.3f}", "", ""),
         ("peak RSS (GiB)", f"{ours['peak_rss_bytes'] / 2**30:.2f}", "", ""),
         ("tg bound (tok/s)", f"{bw['tg_bound_tok_s']:.2f}", "", ""),

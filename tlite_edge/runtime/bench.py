@@ -148,6 +148,9 @@ def _ours_summary(runs: list[tuple[list[int], Any, float]]) -> dict[str, Any]:
         "pp_samples": [s.prompt_tokens / s.time_to_first_token for s in stats],
         "tg_samples": [s.generation_tokens_per_s for s in stats],
         "ttft_s": _median([s.time_to_first_token for s in stats]),
+        "tg_overhead_ms": overhead_ms(
+            [s.generation_seconds for s in stats], [d for *_, d in runs], [s.decoded_tokens for s in stats]
+        ),
     }
 
 
