@@ -45,10 +45,10 @@ def test_logprobs_are_the_models(smol: Engine, smollm2: RealModel) -> None:
 
 def test_penalties_follow_llama_cpp_formula(smol: Engine, smollm2: RealModel) -> None:
     """Each greedy token is the argmax of the logits after OpenAI-style penalties on the reply so far."""
-    plain = Chat(smol).send(PROMPT, temp=0, max_tokens=10)
+    plain = Chat(smol).send(PROMPT, temp=0, max_tokens=40)
     plain.result()
     freq, pres = 1.5, 0.5
-    reply = Chat(smol).send(PROMPT, temp=0, max_tokens=10, frequency_penalty=freq, presence_penalty=pres)
+    reply = Chat(smol).send(PROMPT, temp=0, max_tokens=40, frequency_penalty=freq, presence_penalty=pres)
     reply.result()
     tokens = reply.message.tokens
     assert tokens != plain.message.tokens  # the penalties changed the answer
