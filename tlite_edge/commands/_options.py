@@ -103,6 +103,12 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="longest reply in tokens (default 1024)")
     p.add_argument("--ctx", type=int, help="context length (default: the model's, reduced if RAM is short)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument(
+        "--think",
+        action=argparse.BooleanOptionalAction,
+        help="thinking on/off for models whose template has the switch (Qwen3); default: the template's",
+    )
+    p.add_argument("--hide-thinking", action="store_true", help="do not show the model's thinking")
 
 
 MIN_CTX = 64  # a chat prompt (template and a short message) and a few reply tokens

@@ -9,9 +9,9 @@ contents are tokenized as plain text: typing ``<|eot_id|>`` cannot end a turn.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +19,18 @@ from typing import Any
 import jinja2
 import llama_cpp
 from gguf import Keys
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from tlite_edge.chat_template import check_size, template_failure, time_limit
+from tlite_edge.chat_template import check_size, compile_template, render, template_failure
 from tlite_edge.errors import TliteError
 from tlite_edge.gguf.keys import GGML_TOKENIZER_PREFIX
 from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, ram_needed, recommend
 from tlite_edge.runtime.hardware import Hardware, probe
+from tlite_edge.runtime.prompt import Prompt, TemplateCaps, build_prompt, template_caps
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
 GIB = 2**30
-# How the template may transform a message's content before printing it (Llama-3: ``| trim``).
-CONTENT_TRANSFORMS: tuple[Callable[[str], str], ...] = (lambda s: s, str.strip)
 
 
 @dataclass
@@ -122,12 +120,12 @@ class Engine:
         self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self.formatter = Jinja2ChatFormatter(
-            template=meta[Keys.Tokenizer.CHAT_TEMPLATE],
-            eos_token=self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab))),
-            bos_token=self.token_text(self.bos),
-            add_generation_prompt=True,
-        )
+        self.template: str = meta[Keys.Tokenizer.CHAT_TEMPLATE]
+        self.template_tokens = {
+            "bos_token": self.token_text(self.bos),
+            "eos_token": self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab))),
+        }
+        compile_template(self.template)  # a template that does not compile fails the load
 
     @property
     def warnings(self) -> list[str]:
@@ -253,61 +251,55 @@ class Engine:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def is_control(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_get_attr(self.vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+        return bool(self.token_attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+
+    def token_attr(self, token: int) -> int:
+        """llama.cpp's attribute bits of a token (``LLAMA_TOKEN_ATTR_*``)."""
+        return int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
 
     # ---- prompts -------------------------------------------------------------------------------
 
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text the GGUF's template makes (as llama-cpp-python renders it), bounded in time
-        and output; a template that fails or runs away is one clear error."""
+    def render(self, messages: Sequence[dict[str, Any]], **variables: Any) -> str:
+        """The prompt text the GGUF's template makes, with Hugging Face semantics (``variables``:
+        ``tools``, ``enable_thinking``, ...), bounded in time and output; a template that fails or runs
+        away is one clear error."""
         try:
-            with time_limit():
-                prompt = self.formatter(messages=list(messages)).prompt
+            prompt = render(
+                self.template,
+                list(messages),
+                add_generation_prompt=True,
+                **self.template_tokens,
+                **variables,
+            )
             check_size(prompt)
         except Exception as exc:
             why = template_failure(exc)
             raise TliteError(self.settings.path, f"chat template does not render ({why})") from None
         return prompt
 
-    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        """Prompt ids: template markers as control tokens, message contents as plain text, BOS once.
+    @functools.cached_property
+    def caps(self) -> TemplateCaps:
+        """Whether the template takes tools and a thinking switch (found by rendering it)."""
+        return template_caps(self.template, self.render)
 
-        The template is rendered with a sentinel in place of each content; the pieces between
-        sentinels are tokenized with special tokens parsed, the contents without. Assistant
-        messages that carry their generated ids reuse them while the content still matches them (so
-        the KV cache matches exactly).
-        """
-        nonce = secrets.token_hex(4)
-        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
-        plain = self.render([{"role": m.role, "content": m.content} for m in messages])
-        marked = self.render([{"role": m.role, "content": s} for m, s in zip(messages, marks, strict=True)])
-        parts = marked.split("\ue000")
-        pieces: list[tuple[str, int | None]] = [(parts[0], None)]
-        for part in parts[1:]:
-            head, _, rest = part.partition("\ue001")
-            pieces += [("", int(head.split(":")[1])), (rest, None)]
-        transform = next(
-            (t for t in CONTENT_TRANSFORMS if _assemble(pieces, messages, t) == plain), CONTENT_TRANSFORMS[0]
-        )
-        ids: list[int] = []
-        for text, index in pieces:
-            if index is None:
-                ids += self.tokenize(text, special=True)
-                continue
-            msg = messages[index]
-            content = transform(msg.content)
-            if msg.tokens is not None and content == msg.content == self.detokenize(msg.tokens):
-                ids += msg.tokens
-            else:
-                ids += self.tokenize(content, special=False)
-        if self.add_bos and (not ids or ids[0] != self.bos):
-            ids.insert(0, self.bos)
-        while ids[1:2] == [self.bos] and ids[0] == self.bos:
-            ids.pop(0)
-        return ids
+    def prompt(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        think: bool | None = None,
+    ) -> Prompt:
+        """Prompt ids (template markers as control tokens, every user text as plain text, BOS once)
+        and whether the reply starts inside a ``<think>`` block. ``tools`` (OpenAI function list) and
+        ``think`` (``enable_thinking``; None: the template's default) go to the template."""
+        variables: dict[str, Any] = {}
+        if tools:
+            variables["tools"] = list(tools)
+        if think is not None:
+            variables["enable_thinking"] = think
+        return build_prompt(self, messages, variables)
 
-
-def _assemble(
-    pieces: list[tuple[str, int | None]], messages: Sequence[Message], t: Callable[[str], str]
-) -> str:
-    return "".join(text if i is None else t(messages[i].content) for text, i in pieces)
+    def prompt_tokens(self, messages: Sequence[Message], **options: Any) -> list[int]:
+        """The ids of ``prompt(messages, **options)``. Assistant messages that carry their generated
+        ids reuse them while the content still matches them (so the KV cache matches exactly)."""
+        return self.prompt(messages, **options).ids
