@@ -57,7 +57,8 @@ class Hardware:
         return [k for k, on in self.cpu_features.items() if on and k not in BUILD_FLAGS]
 
     def gpu_devices(self) -> list[Device]:
-        return [d for d in self.devices if d.type in ("gpu", "igpu")]
+        """This machine's GPUs (llama.cpp lists RPC workers as GPUs too: they are not counted)."""
+        return [d for d in self.devices if d.type in ("gpu", "igpu") and not d.name.startswith("RPC")]
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -241,6 +242,8 @@ def probe() -> Hardware:
     info = parse_system_info(llama_cpp.llama_print_system_info().decode(errors="replace"))
     backends, devices = backends_and_devices(info)
     total, available = memory()
+    # llama_supports_gpu_offload() is also true for a CPU build with the RPC backend: count devices
+    local_gpu = any(d.type in ("gpu", "igpu") and not d.name.startswith("RPC") for d in devices)
     return Hardware(
         physical_cores=physical_cores(),
         logical_cpus=os.cpu_count() or 1,
@@ -248,7 +251,7 @@ def probe() -> Hardware:
         ram_total=total,
         ram_available=available,
         system_info=info,
-        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        gpu_offload=local_gpu if devices else bool(llama_cpp.llama_supports_gpu_offload()),
         backends=backends,
         devices=devices,
     )
