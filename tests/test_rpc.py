@@ -71,8 +71,10 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def workers() -> list[Worker]:
-    pool = [Worker(), Worker("--mem", "1.5")]
+def workers(tmp_path_factory: pytest.TempPathFactory) -> list[Worker]:
+    cache = tmp_path_factory.mktemp("rpc-cache")
+    pool = [Worker(), Worker("--mem", "1.5", "--cache", str(cache))]
+    pool[1].cache = cache
     yield pool
     for w in pool:
         w.kill()
@@ -113,12 +115,36 @@ def test_split_over_two_workers_matches_local(bf16_gguf: Path, workers: list[Wor
     )
     local = run_cli(*args)
     split = run_cli(*args, "--rpc", _rpc(workers), "--tensor-split", "1,1,1")
+    # the second worker got the output layer: llama.cpp sends weights over 10 MiB by hash first and the
+    # worker's --cache keeps them (the first worker's layer is proved in the next test: it is needed)
+    assert max(f.stat().st_size for f in workers[1].cache.iterdir()) > 10 * 2**20
     assert local.returncode == 0 and split.returncode == 0, split.stderr
     a, b = json.loads(local.stdout), json.loads(split.stdout)
     assert b["settings"]["rpc"] == [str(w.endpoint) for w in workers]
     assert a["settings"]["rpc_layers"] == 0 and b["settings"]["rpc_layers"] > 0  # 2/3 of the layers away
     assert b["generated_tokens"] == a["generated_tokens"] == 24
     assert b["answer"] == a["answer"]
+
+
+@pytest.fixture(scope="module")
+def looping(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_looping(tmp_path_factory, " и снова", seed=31)
+
+
+def test_run_ends_in_one_line_when_a_worker_dies(looping: Path, workers: list[Worker]) -> None:
+    cmd = [sys.executable, "-m", "tlite_edge", "run", str(looping), "раз", "--temp", "0", "--ctx", "4096",
+           "--max-tokens", "4000", "--rpc", _rpc(workers), "--tensor-split", "1,1,1"]  # fmt: skip
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout is not None and "и снова" in run.stdout.read(40)  # generating, layer 1 on worker 0
+    workers[0].kill()
+    try:
+        err = run.communicate(timeout=60)[1]
+        assert run.returncode == 3, err  # not llama.cpp's abort(): one line, exit code 3
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"tlite-edge run: error: lost the RPC worker {workers[0].endpoint} "), line
+    finally:
+        run.kill()
+        workers[0].start()
 
 
 def test_worker_memory_agrees_with_llama_cpp_client(workers: list[Worker]) -> None:
@@ -142,10 +168,8 @@ def test_worker_memory_agrees_with_llama_cpp_client(workers: list[Worker]) -> No
     assert report["memory_kind"] == "RAM + 2 RPC worker(s)"
 
 
-def test_serve_survives_a_worker_killed_mid_reply(
-    tmp_path_factory: pytest.TempPathFactory, workers: list[Worker]
-) -> None:
-    model = make_looping(tmp_path_factory, " и снова", seed=31)
+def test_serve_survives_a_worker_killed_mid_reply(looping: Path, workers: list[Worker]) -> None:
+    model = looping
     server = Server(model, "--rpc", _rpc(workers), "--ctx", "4096", "--tensor-split", "1,1,0")
     name = model.name.removesuffix(".gguf")
     body = {

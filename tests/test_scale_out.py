@@ -85,7 +85,7 @@ def _ask(port: int, model: str, i: int) -> int:
     """One completion through the balancer: its status (200 only with a text in the answer)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        body = {"model": model, "prompt": f"запрос {i}", "max_tokens": 4, "temperature": 0}
+        body = {"model": model, "prompt": f"запрос {i}", "max_tokens": 2, "temperature": 0}
         conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
         data = json.loads(resp.read())
@@ -122,7 +122,17 @@ def free_port() -> int:
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx)")
 def test_nginx_two_replicas_answer_every_request(bf16_gguf: Path, tmp_path: Path) -> None:
     model = bf16_gguf.name.removesuffix(".gguf")
-    args = ("--allow-host", "tlite-edge", "--trust-proxy", "--max-queue", "64")
+    args = (
+        "--allow-host",
+        "tlite-edge",
+        "--trust-proxy",
+        "--max-queue",
+        "64",
+        "--ctx",
+        "256",
+        "--threads",
+        "1",
+    )
     replicas = [Server(bf16_gguf, *args) for _ in range(2)]
     port = free_port()
     conf = nginx_conf(tmp_path, port, replicas)

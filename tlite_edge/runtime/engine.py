@@ -27,7 +27,7 @@ from tlite_edge.gguf.keys import GGML_TOKENIZER_PREFIX
 from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, ram_needed, recommend
 from tlite_edge.runtime.hardware import Hardware, probe
-from tlite_edge.runtime.rpc import Endpoint
+from tlite_edge.runtime.rpc import Endpoint, parse_endpoint
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
@@ -170,7 +170,7 @@ class Engine:
         seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
         verbose: bool = False,
         hardware: Hardware | None = None,
-        rpc: Sequence[Endpoint] = (),
+        rpc: Sequence[Endpoint | str] = (),
         tensor_split: str | None = None,
     ) -> Engine:
         """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers.
@@ -188,6 +188,7 @@ class Engine:
         gpu_layers = _gpu_layers(gpu, hw, warnings)
         budget, kind = _memory_budget(hw, gpu_layers)
         split: list[float] | None = None
+        rpc = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in rpc]
         if rpc:
             gpu_layers, split, budget, kind = _rpc_split(meta, hw, rpc, tensor_split)
         train_ctx = model_context(meta)

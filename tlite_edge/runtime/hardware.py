@@ -178,11 +178,14 @@ def parse_system_info(text: str) -> dict[str, dict[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def _libggml() -> ctypes.CDLL | None:
-    """llama-cpp-python's libggml (the backend registry lives there), None when not found."""
+    """llama-cpp-python's libggml (the backend registry lives there), None when not found.
+
+    The soname first: a wheel holds libggml.so, .so.0 and .so.0.x as three copies of one file, and
+    only the one libllama links (libggml.so.0) shares llama.cpp's device registry (RPC workers)."""
     import llama_cpp
 
     lib_dir = Path(str(llama_cpp.__file__)).parent / "lib"
-    names = ("libggml.so", "libggml.dylib", "ggml.dll", "libggml.dll")
+    names = ("libggml.so.0", "libggml.so", "libggml.0.dylib", "libggml.dylib", "ggml.dll", "libggml.dll")
     path = next((lib_dir / n for n in names if (lib_dir / n).exists()), None)
     if path is None:
         return None

@@ -4,7 +4,7 @@ Everything goes through the backend registry of the libggml that llama-cpp-pytho
 (``ggml_backend_reg_by_name("RPC")`` and its ``get_proc_address``, as llama.cpp's own tools do), so
 no separate binary or library name is needed. The signatures are those of ggml-rpc.h and
 ggml-backend.h in llama-cpp-python 0.3.36; ``struct ggml_backend_device`` (ggml-backend-impl.h) is
-mirrored for the worker's memory report and checked against the library before use.
+mirrored for the worker's memory report (``--mem``) and checked against the library before use.
 """
 
 from __future__ import annotations
@@ -132,29 +132,29 @@ def register_workers(endpoints: Sequence[Endpoint]) -> list[WorkerInfo]:
     return infos
 
 
-def _capped_device(dev: int, mem: int | None) -> int:
-    """A copy of device ``dev`` whose memory report says ``mem`` bytes free (None: the RAM that is
-    really available, for a CPU device whose own report calls all RAM free)."""
+def _cap_memory(dev: int, mem: int | None) -> int:
+    """Make device ``dev`` report ``mem`` bytes free (None: the RAM really available, for a CPU device
+    whose own report calls all RAM free). The RPC server reports what the device's ``get_memory``
+    says, so its slot in the device's interface is replaced, in this process only (a worker)."""
     lib = _lib()
-    original = BackendDevice.from_buffer_copy(ctypes.string_at(dev, ctypes.sizeof(BackendDevice)))
-    real = MemoryFn(original.iface[GET_MEMORY_SLOT])
+    device = BackendDevice.from_address(dev)
+    name_fn = ctypes.CFUNCTYPE(ctypes.c_char_p, _ptr)(device.iface[0])
+    real = MemoryFn(device.iface[GET_MEMORY_SLOT])
+    if name_fn(dev) != lib.ggml_backend_dev_name(dev):  # the mirror does not match this ggml
+        raise TliteError(None, f"ggml's device layout differs from llama-cpp-python {CHECKED_LLAMA_CPP}'s")
     is_cpu = lib.ggml_backend_dev_type(dev) == DEVICE_CPU
 
     def get_memory(_dev: int, free: ctypes.Array, total: ctypes.Array) -> None:
         real(dev, free, total)
-        if is_cpu and mem is None:
+        if mem is not None:
+            free[0] = min(total[0] if is_cpu else free[0], mem)
+        elif is_cpu:
             free[0] = min(free[0], memory()[1] or free[0])
-        elif mem is not None:
-            free[0] = min(free[0], mem) if not is_cpu else min(total[0], mem)
 
     callback = MemoryFn(get_memory)
-    proxy = BackendDevice.from_buffer_copy(original)
-    proxy.iface[GET_MEMORY_SLOT] = ctypes.cast(callback, _ptr).value
-    _KEEP.extend((callback, proxy, real))
-    address = ctypes.addressof(proxy)
-    if lib.ggml_backend_dev_name(address) != lib.ggml_backend_dev_name(dev):  # the mirror is wrong
-        raise TliteError(None, f"ggml's device layout differs from llama-cpp-python {CHECKED_LLAMA_CPP}'s")
-    return address
+    _KEEP.extend((callback, real))
+    device.iface[GET_MEMORY_SLOT] = ctypes.cast(callback, _ptr).value
+    return dev
 
 
 def worker_devices(mem: int | None) -> list[int]:
@@ -163,7 +163,7 @@ def worker_devices(mem: int | None) -> list[int]:
     gpus = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
     gpus = [d for d in gpus if lib.ggml_backend_dev_type(d) == DEVICE_GPU]
     devices = gpus or [lib.ggml_backend_dev_by_type(DEVICE_CPU)]
-    return [_capped_device(d, mem) for d in devices]
+    return [_cap_memory(d, mem) for d in devices]
 
 
 def device_memory(dev: int) -> tuple[int, int]:
