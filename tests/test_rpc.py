@@ -203,8 +203,12 @@ def test_serve_survives_a_worker_killed_mid_reply(looping: Path, workers: list[W
         assert status == 503 and err["error"]["code"] == "worker_lost"  # still down: refused at once
         assert server.proc.poll() is None
         workers[1].start()  # back on the same port: the next request reconnects
-        status, _, ok = server.request("POST", "/v1/chat/completions", dict(body, max_tokens=8))
+        again = dict(body, max_tokens=8, logprobs=True, top_logprobs=1)  # logprobs cross the pipe too
+        status, _, ok = server.request("POST", "/v1/chat/completions", again)
         assert status == 200 and "и снова" in ok["choices"][0]["message"]["content"], ok
+        tokens = ok["choices"][0]["logprobs"]["content"]
+        assert "".join(t["token"] for t in tokens) == ok["choices"][0]["message"]["content"]
+        assert len(tokens) == ok["usage"]["completion_tokens"] == 8
         assert server.request("GET", "/health")[0] == 200
     finally:
         assert server.stop() == 0

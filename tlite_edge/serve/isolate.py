@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime.rpc import Endpoint, parse_endpoints, probe, reachable
-from tlite_edge.serve.pool import Job
+from tlite_edge.serve.pool import Job, TokenInfo
 from tlite_edge.serve.protocol import ApiError, Request, Usage
 
 if TYPE_CHECKING:
@@ -151,6 +151,8 @@ class IsolatedEngine:
             with job._lock:
                 job.reply = _Stopper(self, self.jobs)  # type: ignore[assignment]
                 cancelled = bool(job.outcome.cancelled)
+            if job.req.logprobs is not None:
+                job.outcome.logprobs = []
             self.send({"op": "generate", "id": self.jobs, "req": asdict(job.req)})
             if cancelled:
                 self.send({"op": "stop", "id": self.jobs})
@@ -162,6 +164,10 @@ class IsolatedEngine:
                 elif kind == "text":
                     job.outcome.text += event["text"]
                     job._emit("text", event["text"])
+                elif kind == "logprobs":
+                    infos = [_token_info(t) for t in event["tokens"]]
+                    job.outcome.logprobs = (job.outcome.logprobs or []) + infos
+                    job._emit("logprobs", infos)
                 elif kind == "end":
                     job.outcome.finish = event["finish"]
                     job.outcome.usage = Usage(*event["usage"])
@@ -186,6 +192,22 @@ class IsolatedEngine:
         self._reap()
 
 
+def _token_info(t: list[Any]) -> TokenInfo:
+    """A TokenInfo from its JSON form (bytes as hex)."""
+    top = tuple((text, bytes.fromhex(data), lp) for text, data, lp in t[3])
+    return TokenInfo(t[0], bytes.fromhex(t[1]), t[2], top)
+
+
+def _token_json(t: TokenInfo) -> list[Any]:
+    return [t.text, t.data.hex(), t.logprob, [[text, data.hex(), lp] for text, data, lp in t.top]]
+
+
+def _request(fields: dict[str, Any]) -> Request:
+    """The Request the parent sent (JSON turned the tuples into lists)."""
+    fields["logit_bias"] = tuple(tuple(pair) for pair in fields.get("logit_bias", ()))
+    return Request(**fields)
+
+
 class PipeJob(Job):
     """A Job in the child: the same generation, its events written as JSON lines."""
 
@@ -198,6 +220,8 @@ class PipeJob(Job):
             self.write({"kind": kind, "prompt": value})
         elif kind == "text":
             self.write({"kind": kind, "text": value})
+        elif kind == "logprobs":
+            self.write({"kind": kind, "tokens": [_token_json(t) for t in value]})  # type: ignore[attr-defined]
         elif kind == "end":
             usage = self.outcome.usage or Usage()
             self.write(
@@ -296,7 +320,7 @@ def child(fd: int, spec: dict[str, Any]) -> int:
         if command["op"] == "generate":
             if runner is not None:
                 runner.join()
-            current, current_id = PipeJob(Request(**command["req"]), write), command["id"]
+            current, current_id = PipeJob(_request(command["req"]), write), command["id"]
             runner = threading.Thread(target=current.run, args=(engine,), daemon=True)
             runner.start()
         elif command["op"] == "stop" and current is not None and command["id"] == current_id:
