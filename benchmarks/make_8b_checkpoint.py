@@ -286,8 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=N_SHARDS, help="number of safetensors shards (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
     ap.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    ap.add_argument(
+        "--width-div",
+        type=int,
+        default=1,
+        help="divide hidden, heads, kv heads and ffn width by this (e.g. 4: a ~0.75B model that keeps "
+        "T-lite's depth and GQA ratio; default 1)",
+    )
     args = ap.parse_args(argv)
-    shape = SHAPES[args.shape]
+    base, div = SHAPES[args.shape], args.width_div
+    shape = Shape(
+        base.hidden // div, base.heads // div, base.kv_heads // div, base.intermediate // div, base.layers
+    )
     if args.layers is None:
         args.layers = shape.layers
     if args.layers < 1 or args.shards < 1:

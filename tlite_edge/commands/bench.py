@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tlite_edge.commands._options import add_rpc_arguments, rpc_endpoints
 from tlite_edge.errors import TliteError
 
 GB = 1e9
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also time llama.cpp's llama-bench binary on the same file, threads and batch sizes",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_rpc_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from tlite_edge.runtime.bench import BenchConfig, run_bench  # heavy import, only for this verb
     from tlite_edge.runtime.llamabench import LlamaBench
 
+    if args.llama_bench is not None and args.rpc:
+        raise TliteError(args.llama_bench, "--llama-bench runs the model locally: not with --rpc")
     anchor = LlamaBench(args.llama_bench) if args.llama_bench is not None else None  # checked before loading
 
     cfg = BenchConfig(
@@ -74,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         turn_tokens=args.turn_tokens,
         turn_reply=args.turn_reply,
         bandwidth_mib=args.bandwidth_mib,
+        rpc=tuple(rpc_endpoints(args)),
+        tensor_split=args.tensor_split,
     )
     err = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())

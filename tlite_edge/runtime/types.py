@@ -28,7 +28,13 @@ def reply_budget(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed."""
+    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed.
+
+    ``presence_penalty``/``frequency_penalty`` (OpenAI's, -2..2) and ``repeat_penalty`` (llama.cpp's,
+    1 = off) count the reply's last 64 tokens; ``logit_bias`` is ``((token, bias), ...)``;
+    ``grammar`` is GBNF text with a rule named ``root`` (every token then keeps the text grammatical,
+    and the reply ends when the grammar is complete); ``logprobs``: None off, N = the chosen token's
+    log-probability and the N most likely (0..20) at each step, in ``Reply.logprobs``."""
 
     temp: float = 0.6
     top_p: float = 0.9
@@ -37,6 +43,11 @@ class Sampling:
     repeat_penalty: float = 1.0
     max_tokens: int | None = 1024
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None
+    logprobs: int | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> Sampling:
@@ -55,14 +66,39 @@ class Sampling:
 
 @dataclass
 class Message:
-    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse)."""
+    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse).
+
+    ``reasoning`` is an assistant's thinking (``reasoning_content``), ``tool_calls`` its calls in
+    OpenAI's shape, ``tool_call_id`` what a ``tool`` message answers.
+    """
 
     role: str
     content: str
     tokens: list[int] | None = None
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            out["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        """From OpenAI's shape (``reasoning_content``, ``tool_calls``, ``tool_call_id``)."""
+        return cls(
+            str(data["role"]),
+            data.get("content") or "",
+            reasoning=data.get("reasoning_content"),
+            tool_calls=data.get("tool_calls") or None,
+            tool_call_id=data.get("tool_call_id"),
+        )
 
 
 @dataclass

@@ -15,13 +15,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from tlite_edge.errors import TliteError
 from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.protocol import ApiError, Request, Usage
 
 if TYPE_CHECKING:
     from tlite_edge.runtime import Engine, Reply
+    from tlite_edge.runtime.sampler import TokenLogprob
 
 # runtime finish reason -> OpenAI finish reason
 FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
@@ -83,6 +85,24 @@ class StopMatcher:
         return text
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """A sent token with its log-probability and the most likely alternatives, as text and bytes."""
+
+    text: str
+    data: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+def token_infos(engine: Engine, entries: list[TokenLogprob]) -> list[TokenInfo]:
+    def named(t: int) -> tuple[str, bytes]:
+        data = engine.token_bytes(t)
+        return data.decode("utf-8", errors="replace"), data
+
+    return [TokenInfo(*named(e.token), e.logprob, tuple((*named(t), lp) for t, lp in e.top)) for e in entries]
+
+
 @dataclass
 class Outcome:
     """How a generation ended."""
@@ -91,6 +111,9 @@ class Outcome:
     usage: Usage | None = None
     text: str = ""
     cancelled: str = ""  # why the server stopped it: "disconnect", "timeout"
+    logprobs: list[TokenInfo] | None = None  # per token sent, when the request asked for them
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Job:
@@ -118,7 +141,11 @@ class Job:
     def run(self, engine: Engine) -> None:
         """The worker thread: start the reply, stream it, report the end (or an ApiError)."""
         try:
-            self._generate(engine)
+            run_job = getattr(engine, "run_job", None)  # an engine in a child process (serve --rpc)
+            if run_job is not None:
+                run_job(self)
+            else:
+                self._generate(engine)
         except ApiError as exc:
             self._emit("error", exc)
         except Exception as exc:  # llama.cpp failed: a 500 for this request, the server goes on
@@ -135,21 +162,50 @@ class Job:
         self._emit("start", len(reply.prompt))
         matcher = StopMatcher(self.req.stop)
         found = False
+        seen = 0  # reply.logprobs entries taken so far
+        pending: list[TokenInfo] = []  # their tokens' text is not sent yet (held by the stop matcher)
+        if reply.logprobs is not None:
+            self.outcome.logprobs = []
+
+        def send(text: str) -> None:
+            nonlocal pending
+            if self.outcome.logprobs is not None:
+                self.outcome.logprobs += pending
+                self._emit("logprobs", pending)
+                pending = []
+            self.outcome.text += text
+            self._emit("text", text)
+
         try:
-            for piece in reply:
-                text, found = matcher.feed(piece)
+            for part in reply.parts():
+                if reply.logprobs is not None:
+                    pending += token_infos(engine, reply.logprobs[seen:])
+                    seen = len(reply.logprobs)
+                if part.kind == "reasoning":
+                    pending = []  # logprobs cover the answer's tokens only
+                    self.outcome.reasoning += part.text
+                    self._emit("reasoning", part.text)
+                    continue
+                if part.kind == "tool_call":
+                    pending = []
+                    self.outcome.tool_calls = [*(self.outcome.tool_calls or []), part.call]
+                    self._emit("tool_call", part.call)
+                    continue
+                text, found = matcher.feed(part.text)
                 if text:
-                    self.outcome.text += text
-                    self._emit("text", text)
+                    send(text)
                 if found:
                     break
         finally:
             reply.close()
         tail = "" if found else matcher.flush()
-        if tail:
-            self.outcome.text += tail
-            self._emit("text", tail)
+        if reply.logprobs is not None and not found:
+            pending += token_infos(engine, reply.logprobs[seen:])
+        if tail or pending:
+            send(tail)
         self.outcome.finish = "stop" if found else FINISH[reply.stats.finish_reason or "stopped"]
+        if self.outcome.tool_calls and self.outcome.finish == "stop":
+            self.outcome.finish = "tool_calls"
         self.outcome.usage = Usage(reply.stats.prompt_tokens, reply.stats.generated_tokens)
         self._emit("end", self.outcome)
 
@@ -176,8 +232,15 @@ def start_reply(engine: Engine, req: Request) -> Reply:
     t0 = time.perf_counter()
     n_ctx = engine.n_ctx
     if req.kind == "chat":
-        chat = Chat.from_messages(engine, req.messages[:-1])
-        prompt = chat.prompt_for(req.messages[-1]["content"])
+        options: dict[str, Any] = {"think": req.think, "tools": req.tools, "tool_choice": req.tool_choice}
+        try:
+            chat = Chat.from_messages(
+                engine, req.messages, **options, parallel_tool_calls=req.parallel_tool_calls
+            )
+        except TliteError as exc:
+            param = "tool_choice" if "tool_choice" in exc.message else "tools"
+            raise ApiError(400, exc.message, code="invalid_value", param=param) from None
+        prompt = chat.prompt_for(None)
     else:
         chat = Chat(engine)
         prompt = engine.tokenize(req.prompt, special=False)
@@ -194,16 +257,32 @@ def start_reply(engine: Engine, req: Request) -> Reply:
             param="messages" if req.kind == "chat" else "prompt",
         )
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    wrong = [t for t, _ in req.logit_bias if t >= engine.n_vocab]
+    if wrong:
+        raise ApiError(
+            400,
+            f"logit_bias: token {wrong[0]} is not in the vocabulary (0..{engine.n_vocab - 1})",
+            code="invalid_value",
+            param="logit_bias",
+        )
     sampling = engine.sampling.with_(
         temp=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
         repeat_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias=req.logit_bias,
+        grammar=req.grammar,
+        logprobs=req.logprobs,
         seed=seed,
         max_tokens=reply_budget(n_ctx, len(prompt), req.max_tokens or engine.sampling.max_tokens),
     )
     if req.kind == "chat":
-        return chat.send(req.messages[-1]["content"], **sampling.as_dict())
+        try:
+            return chat.respond(**sampling.as_dict())
+        except TliteError as exc:  # a forced tool_choice without grammar support
+            raise ApiError(400, exc.message, code="invalid_value", param="tool_choice") from None
     return chat.complete(prompt, sampling, t0=t0)
 
 
@@ -217,6 +296,8 @@ class Pool:
         self.jobs: set[Job] = set()
         self.service_seconds = 1.0
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
+        # extra /health fields and whether the server can answer ("ok"), e.g. the RPC workers' state
+        self.health: Callable[[], dict[str, Any]] | None = None
 
     def _free(self) -> asyncio.Queue[Engine]:
         if self.free is None:  # made on first use, inside the server's event loop
