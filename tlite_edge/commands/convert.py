@@ -12,6 +12,7 @@ from tlite_edge.commands._options import add_quant_arguments, run_levels
 from tlite_edge.fsutil import sidecar_path
 from tlite_edge.gguf_build.build import convert
 from tlite_edge.gguf_build.tensor_map import OUTTYPES
+from tlite_edge.known_models import find_model
 from tlite_edge.source import DEFAULT_SOURCE, resolve_source
 
 
@@ -43,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     folder, name = resolve_source(args.source, args.revision)
+    known = find_model(args.source)
+    if known is not None:
+        console.print(f"known model {known.name}: applying its data file (end of turn, sampling, licence)")
     result = convert(
         folder,
         name=args.name or name,
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         chat_template=args.chat_template,
         verify=not args.no_verify,
+        known=known,
     )
     for fix in result.fixes:
         console.print(f"[yellow]fixed[/]: {fix}")

@@ -19,9 +19,11 @@ from tlite_edge.checkpoint.shards import Checkpoint
 from tlite_edge.checkpoint.tokenizer import load_vocab
 from tlite_edge.fsutil import atomic_output, make_dirs
 from tlite_edge.gguf.writer import COPY_CHUNK, GGUFLayout, HashingSink
+from tlite_edge.gguf_build import known as known_data
 from tlite_edge.gguf_build import metadata
 from tlite_edge.gguf_build.tensor_map import OUTTYPES, TensorPlan, permute_rows, plan_tensors
 from tlite_edge.gguf_build.verify import verify_gguf
+from tlite_edge.known_models import KnownModel
 from tlite_edge.progress import byte_progress
 
 SOURCE_QTYPE = {"BF16": QT.BF16, "F16": QT.F16, "F32": QT.F32}
@@ -102,20 +104,31 @@ def convert(
     out_dir: Path | None = None,
     chat_template: Path | None = None,
     verify: bool = True,
+    known: KnownModel | None = None,
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] = byte_progress,
 ) -> ConvertResult:
     """Validate everything first, then stream the tensors into an atomically written GGUF; with
-    ``verify``, prove tokenizer and template parity on the written file before it is renamed."""
+    ``verify``, prove tokenizer and template parity on the written file before it is renamed. ``known``:
+    the model's data file, whose facts are applied and checked (``gguf_build.known``)."""
     cfg = load_config(folder)
     vocab = load_vocab(folder, cfg.vocab_size)
+    if known is not None:
+        known_data.apply_to_vocab(known, cfg, vocab)
     template = resolve_chat_template(
         vocab.chat_template, folder / "tokenizer_config.json", chat_template, vocab.fixes
     )
+    if known is not None:
+        known_data.check_template(known, template, vocab)
+    card = metadata.card_facts(folder)
+    if known is not None and known.license and not card.license:
+        card = metadata.CardFacts(known.license, card.languages)
     with Checkpoint(folder) as ckpt:
         plans = plan_tensors(cfg, ckpt, outtype)
         names = metadata.model_names(name or folder.resolve().name, sum(math.prod(p.shape) for p in plans))
         layout = GGUFLayout()
-        metadata.add_model_metadata(layout, cfg, names, OUTTYPES[outtype][1], metadata.card_facts(folder))
+        metadata.add_model_metadata(layout, cfg, names, OUTTYPES[outtype][1], card)
+        if known is not None:
+            known_data.add_known_metadata(layout, known)
         rope_freqs = metadata.rope_scaling_keys(cfg, layout)
         metadata.add_tokenizer_metadata(layout, vocab, template)
         if rope_freqs is not None:
@@ -130,7 +143,10 @@ def convert(
         verified: list[str] = []
 
         def check(tmp: Path) -> list[str]:
-            results = verify_gguf(tmp, target, vocab.path, template, vocab.template_bos, vocab.template_eos)
+            eog = tuple((t, vocab.id_of(t) or 0) for t in known.end_of_generation) if known else ()
+            results = verify_gguf(
+                tmp, target, vocab.path, template, vocab.template_bos, vocab.template_eos, eog=eog
+            )
             verified.extend(map(str, results))
             return verified
 
