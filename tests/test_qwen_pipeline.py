@@ -91,3 +91,27 @@ def test_eval_on_qwen(qwen_models, levels: dict[str, Path], tmp_path: Path) -> N
     q6, q2 = (c.as_dict() for c in report.candidates)
     assert 0 < q6["kld_mean"] < q2["kld_mean"] and q6["top1"] >= q2["top1"]
     json.dumps(report.as_dict())  # serialisable as the CLI writes it
+
+
+@pytest.mark.parametrize("app", ["lmstudio", "jan", "jan-legacy", "gpt4all"])
+def test_desktop_apps_take_qwen_files(app: str, qwen_models, tmp_path: Path) -> None:
+    """LM Studio, Jan and GPT4All read the template from the GGUF: the file is placed as for Llama; Jan's
+    older model.json layout gets the ChatML prompt and stops."""
+    from tlite_edge.cli import main
+
+    src = qwen_models("qwen3").f32
+    folder = tmp_path / app
+    if app == "jan-legacy":
+        (folder / "models").mkdir(parents=True)
+    to = app.removesuffix("-legacy")
+    assert (
+        main(["export", str(src), "--to", to, "--dir", str(folder), "--link", "symlink", "--name", "q3"]) == 0
+    )
+    placed = [p for p in folder.rglob("*.gguf")]
+    assert len(placed) == 1 and placed[0].resolve() == src.resolve()
+    if app == "jan-legacy":
+        settings = json.loads((folder / "models" / "q3" / "model.json").read_text(encoding="utf-8"))
+        assert settings["settings"]["prompt_template"].startswith(
+            "<|im_start|>system\n{system_message}<|im_end|>"
+        )
+        assert settings["parameters"]["stop"] == ["<|im_end|>", "<|endoftext|>"]

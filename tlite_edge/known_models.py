@@ -128,7 +128,7 @@ class KnownModel:
 
     @property
     def hub_id(self) -> str:
-        return self.hub_ids[0]
+        return self.hub_ids[0] if self.hub_ids else ""
 
     @property
     def gguf_arch(self) -> str:
@@ -327,16 +327,18 @@ def generic_model(name: str, gguf_arch: str, base_model: str) -> KnownModel:
     eot = "<|eot_id|>" if family == "llama3" else "<|im_end|>"
     return KnownModel(
         name=name,
-        hub_ids=(base_model,),
+        hub_ids=(base_model,) if base_model else (),
         architecture=hf_arch,
         template_family=family,
         end_of_turn=eot,
         end_of_generation=(eot,),
         add_bos=family == "llama3",
         recommended_levels=("Q4_K_M",),
-        license_url=f"https://huggingface.co/{base_model}",
-        caution=f"Read the upstream model card of {base_model} for its intended use and limits before "
-        "putting it in front of users.",
+        license_url=f"https://huggingface.co/{base_model}"
+        if base_model.count("/") == 1
+        else "its model card",
+        caution=f"Read the upstream model card{f' of {base_model}' if base_model else ''} for its intended "
+        "use and limits before putting it in front of users.",
         shape=None,
         sources=(),
     )

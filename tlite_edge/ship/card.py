@@ -33,13 +33,13 @@ FAMILY_NOTES["chatml-think"] = FAMILY_NOTES["chatml"].replace("(tools included)"
 ARCH_TAGS = {"LlamaForCausalLM": "llama-3", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 
-def model_for(name: str | None, architecture: str | None, base_model: str = "its upstream") -> KnownModel:
+def model_for(name: str | None, architecture: str | None, base_model: str = "") -> KnownModel:
     """The known model a GGUF's ``general.name`` (or the card's base model) names; a Llama file of another
     name is taken for T-lite-instruct-0.1 (the default), any other one for a generic model of its
     architecture."""
-    found = find_model(name) or find_model(base_model)
-    if found is not None:
-        return found
+    for found in (find_model(name), find_model(base_model)):
+        if found is not None and architecture in (None, found.gguf_arch):
+            return found
     if architecture in (None, "llama"):
         return default_model()
     return generic_model(name or "model", architecture, base_model)

@@ -154,6 +154,13 @@ def _build(
         )
     kv = header.kv
     base = str(kv.get(Keys.General.NAME) or bf16.stem.rsplit("-", 1)[0])
+    default_base = opts.base_model == UPSTREAM  # the default names T-lite-instruct-0.1
+    model = model_for(base, kv.get(Keys.General.ARCHITECTURE), "" if default_base else opts.base_model)
+    if default_base and model.hub_id != UPSTREAM:
+        if model.hub_ids:
+            opts.base_model = model.hub_id  # a known model other than the default
+        else:
+            opts.warnings.append(f"{base} is no known model: pass --base-model for the card's base_model")
     extra: dict[str, str] = {}
     imatrix = None
     if opts.imatrix is not None or opts.calibrate:
@@ -197,7 +204,7 @@ def _build(
         extra_files=extra,
         quality=quality,
         repo=opts.repo,
-        model=model_for(base, kv.get(Keys.General.ARCHITECTURE), opts.base_model),
+        model=model,
     )
     with atomic_output(work / "README.md") as fh:
         fh.write(card.encode("utf-8"))
