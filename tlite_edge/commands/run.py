@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the user message")
     add_session_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.add_argument(
+        "--json-schema",
+        type=Path,
+        metavar="FILE",
+        help="answer with JSON that follows this JSON schema (grammar-constrained decoding)",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,12 +59,18 @@ def result_dict(engine: Engine, reply: Reply) -> dict[str, Any]:
         "timings": {k: round(stats[k], 4) for k in TIMINGS},
         "model": engine.settings.path,
         "settings": {k: v for k, v in engine.settings.as_dict().items() if k not in ("path", "warnings")},
-        "sampling": reply.sampling.as_dict(),
+        "sampling": {k: v for k, v in reply.sampling.as_dict().items() if k != "grammar"},
+        "grammar": reply.sampling.grammar is not None,
         "warnings": engine.warnings,
     }
 
 
 def run(args: argparse.Namespace) -> int:
+    grammar = None
+    if args.json_schema is not None:  # a bad schema file fails before the model loads
+        from tlite_edge.runtime.grammar import load_schema_grammar
+
+        grammar = load_schema_grammar(args.json_schema)
     engine = load_engine(args)
     if not args.json:
         for warning in engine.warnings:
@@ -67,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
 
     chat = Chat(engine, system=args.system)
     reply = chat.send(
-        args.prompt, temp=args.temp, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens
+        args.prompt,
+        temp=args.temp,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        grammar=grammar,
     )
     if args.json:
         reply.result()

@@ -22,7 +22,13 @@ def reply_budget(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed."""
+    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed.
+
+    ``presence_penalty``/``frequency_penalty`` (OpenAI's, -2..2) and ``repeat_penalty`` (llama.cpp's,
+    1 = off) count the reply's last 64 tokens; ``logit_bias`` is ``((token, bias), ...)``;
+    ``grammar`` is GBNF text with a rule named ``root`` (every token then keeps the text grammatical,
+    and the reply ends when the grammar is complete); ``logprobs``: None off, N = the chosen token's
+    log-probability and the N most likely (0..20) at each step, in ``Reply.logprobs``."""
 
     temp: float = 0.6
     top_p: float = 0.9
@@ -31,6 +37,11 @@ class Sampling:
     repeat_penalty: float = 1.0
     max_tokens: int | None = 1024
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None
+    logprobs: int | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> Sampling:

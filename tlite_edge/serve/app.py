@@ -212,7 +212,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             watcher.cancel()
         _log_outcome(request.scope, outcome)
         assert outcome.usage is not None
-        return JSONResponse(shaper.full(outcome.text, outcome.finish, outcome.usage))
+        return JSONResponse(shaper.full(outcome.text, outcome.finish, outcome.usage, outcome.logprobs))
 
     async def chat(request: Request) -> Response:
         return await complete(request, "chat")
@@ -265,10 +265,14 @@ async def _sse(
     """The stream: a role chunk, text chunks, a finish chunk, usage if asked, ``[DONE]``."""
     if shaper.req.kind == "chat":
         yield sse(shaper.chunk(first=True))
+    logprobs = None  # the tokens of the next text chunk, when the request asked for them
     try:
         async for kind, value in events:
-            if kind == "text":
-                yield sse(shaper.chunk(str(value)))
+            if kind == "logprobs":
+                logprobs = value
+            elif kind == "text":
+                yield sse(shaper.chunk(str(value), logprobs=logprobs))  # type: ignore[arg-type]
+                logprobs = None
             elif kind == "error":
                 raise value  # type: ignore[misc]
             elif kind == "end":

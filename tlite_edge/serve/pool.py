@@ -22,6 +22,7 @@ from tlite_edge.serve.protocol import ApiError, Request, Usage
 
 if TYPE_CHECKING:
     from tlite_edge.runtime import Engine, Reply
+    from tlite_edge.runtime.sampler import TokenLogprob
 
 # runtime finish reason -> OpenAI finish reason
 FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
@@ -83,6 +84,24 @@ class StopMatcher:
         return text
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """A sent token with its log-probability and the most likely alternatives, as text and bytes."""
+
+    text: str
+    data: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+def token_infos(engine: Engine, entries: list[TokenLogprob]) -> list[TokenInfo]:
+    def named(t: int) -> tuple[str, bytes]:
+        data = engine.token_bytes(t)
+        return data.decode("utf-8", errors="replace"), data
+
+    return [TokenInfo(*named(e.token), e.logprob, tuple((*named(t), lp) for t, lp in e.top)) for e in entries]
+
+
 @dataclass
 class Outcome:
     """How a generation ended."""
@@ -91,6 +110,7 @@ class Outcome:
     usage: Usage | None = None
     text: str = ""
     cancelled: str = ""  # why the server stopped it: "disconnect", "timeout"
+    logprobs: list[TokenInfo] | None = None  # per token sent, when the request asked for them
 
 
 class Job:
@@ -135,20 +155,37 @@ class Job:
         self._emit("start", len(reply.prompt))
         matcher = StopMatcher(self.req.stop)
         found = False
+        seen = 0  # reply.logprobs entries taken so far
+        pending: list[TokenInfo] = []  # their tokens' text is not sent yet (held by the stop matcher)
+        if reply.logprobs is not None:
+            self.outcome.logprobs = []
+
+        def send(text: str) -> None:
+            nonlocal pending
+            if self.outcome.logprobs is not None:
+                self.outcome.logprobs += pending
+                self._emit("logprobs", pending)
+                pending = []
+            self.outcome.text += text
+            self._emit("text", text)
+
         try:
             for piece in reply:
+                if reply.logprobs is not None:
+                    pending += token_infos(engine, reply.logprobs[seen:])
+                    seen = len(reply.logprobs)
                 text, found = matcher.feed(piece)
                 if text:
-                    self.outcome.text += text
-                    self._emit("text", text)
+                    send(text)
                 if found:
                     break
         finally:
             reply.close()
         tail = "" if found else matcher.flush()
-        if tail:
-            self.outcome.text += tail
-            self._emit("text", tail)
+        if reply.logprobs is not None and not found:
+            pending += token_infos(engine, reply.logprobs[seen:])
+        if tail or pending:
+            send(tail)
         self.outcome.finish = "stop" if found else FINISH[reply.stats.finish_reason or "stopped"]
         self.outcome.usage = Usage(reply.stats.prompt_tokens, reply.stats.generated_tokens)
         self._emit("end", self.outcome)
@@ -194,11 +231,24 @@ def start_reply(engine: Engine, req: Request) -> Reply:
             param="messages" if req.kind == "chat" else "prompt",
         )
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    wrong = [t for t, _ in req.logit_bias if t >= engine.n_vocab]
+    if wrong:
+        raise ApiError(
+            400,
+            f"logit_bias: token {wrong[0]} is not in the vocabulary (0..{engine.n_vocab - 1})",
+            code="invalid_value",
+            param="logit_bias",
+        )
     sampling = engine.sampling.with_(
         temp=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
         repeat_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias=req.logit_bias,
+        grammar=req.grammar,
+        logprobs=req.logprobs,
         seed=seed,
         max_tokens=reply_budget(n_ctx, len(prompt), req.max_tokens or engine.sampling.max_tokens),
     )

@@ -68,6 +68,7 @@ HELP = [
     ("/save FILE", "write the conversation and settings to a JSON file"),
     ("/load FILE", "continue a conversation saved with /save"),
     ("/set [KEY VALUE]", "show the settings, or set one: " + ", ".join(SETTINGS)),
+    ("/format FILE|json|off", "answer with JSON that follows the schema in FILE, any JSON object, or text"),
     ("/stats", "show or hide the speed line after each reply"),
     ("/exit", "leave (also /quit, Ctrl-D, or Ctrl-C twice at an empty prompt)"),
 ]
@@ -114,7 +115,7 @@ def save_transcript(path: Path, chat: Chat, model: str) -> None:
         "format": TRANSCRIPT_FORMAT,
         "version": TRANSCRIPT_VERSION,
         "model": Path(model).name,
-        "sampling": chat.sampling.as_dict(),
+        "sampling": {k: v for k, v in chat.sampling.as_dict().items() if k in SETTINGS},
         "messages": [m.as_dict() for m in chat.messages],
     }
     with atomic_output(path) as fh:
@@ -251,6 +252,8 @@ class ChatSession:
         if not arg:
             table = Table(show_header=False, box=None)
             for key, value in self.chat.sampling.as_dict().items():
+                if key not in SETTINGS:
+                    continue
                 none_word = SETTINGS[key].none_word if key in SETTINGS else None
                 table.add_row(key, str(none_word if value is None else value))
             self.console.print(table)
@@ -261,6 +264,19 @@ class ChatSession:
         name, parsed = parse_setting(key, value.strip())
         self.chat.sampling = _with(self.chat.sampling, {name: parsed})
         self.note(f"{name} = {SETTINGS[name].none_word if parsed is None else parsed}")
+
+    def format(self, arg: str) -> None:
+        """/format FILE|json|off: answers that follow a JSON schema file, any JSON object, or free text."""
+        from tlite_edge.runtime.grammar import JSON_OBJECT_GRAMMAR, load_schema_grammar
+
+        arg = arg.strip()
+        if not arg:
+            raise TliteError(None, "usage: /format FILE|json|off")
+        fixed = {"off": None, "json": JSON_OBJECT_GRAMMAR}
+        grammar = fixed[arg.lower()] if arg.lower() in fixed else load_schema_grammar(Path(arg).expanduser())
+        self.chat.sampling = _with(self.chat.sampling, {"grammar": grammar})
+        what = {"off": "free text", "json": "a JSON object"}.get(arg.lower(), f"JSON following {arg}")
+        self.note(f"answers: {what}")
 
     def stats(self, _: str) -> None:
         self.show_stats = not self.show_stats
@@ -279,6 +295,7 @@ COMMANDS: dict[str, Callable[[ChatSession, str], Any]] = {
     "/save": ChatSession.save,
     "/load": ChatSession.load,
     "/set": ChatSession.set,
+    "/format": ChatSession.format,
     "/stats": ChatSession.stats,
     "/exit": ChatSession.exit,
     "/quit": ChatSession.exit,
