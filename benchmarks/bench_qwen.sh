@@ -4,7 +4,7 @@
 # time (~15-16 GB, plus one output GGUF while measuring); everything is deleted after its step.
 #   sh benchmarks/bench_qwen.sh LLAMACPP_DIR QWEN_TOKENIZER_DIR [WORK]
 # ARCHS (default "qwen2 qwen3") picks the architectures; QWEN3_LAYERS writes a Qwen3 checkpoint with the
-# 8B widths but fewer layers when the disk cannot hold 2 x 16 GB.
+# 8B widths but fewer layers when the disk cannot hold 2 x 16 GB; SKIP_QUANTIZE=1 measures convert only.
 # LLAMACPP_DIR holds convert_hf_to_gguf.py (the llama-cpp-python sdist's vendor/llama.cpp, as
 # tests/llamacpp_convert.py extracts it); QWEN_TOKENIZER_DIR holds tokenizer.json + tokenizer_config.json.
 set -eu
@@ -30,6 +30,7 @@ for ARCH in ${ARCHS:-qwen2 qwen3}; do
   $PY benchmarks/bench_convert.py --checkpoint "$CKPT" --work "$WORK/convert" \
     --llamacpp-script "$LLAMACPP/convert_hf_to_gguf.py" --shape "$TITLE" \
     --section "## Convert: $TITLE BF16 checkpoint → BF16 GGUF" --update-md BENCHMARKS.md
+  if [ -n "${SKIP_QUANTIZE:-}" ]; then rm -rf "$CKPT" "$WORK/convert"; continue; fi
   $PY -m tlite_edge convert "$CKPT" --outfile "$WORK/$ARCH-BF16.gguf" --no-verify
   rm -rf "$CKPT"
   $PY benchmarks/bench_quantize.py --model "$WORK/$ARCH-BF16.gguf" --work "$WORK/q" --levels Q4_K_M \
