@@ -319,8 +319,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=N_SHARDS, help="number of safetensors shards (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
     ap.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    ap.add_argument(
+        "--width-div",
+        type=int,
+        default=1,
+        help="divide hidden, heads, kv heads and ffn width by this (e.g. 4: a ~0.75B model that keeps "
+        "T-lite's depth and GQA ratio; default 1)",
+    )
     args = ap.parse_args(argv)
     args.layers = args.layers or SHAPES[args.arch]["layers"]
+    global HIDDEN, HEADS, KV_HEADS, INTERMEDIATE
+    HIDDEN, HEADS, KV_HEADS = HIDDEN // args.width_div, HEADS // args.width_div, KV_HEADS // args.width_div
+    INTERMEDIATE //= args.width_div
+    SHAPES["llama"].update(hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=INTERMEDIATE)
     if args.layers < 1 or args.shards < 1:
         ap.error("--layers and --shards must be >= 1")
     if args.arch != "llama" and args.tokenizer_dir is None:

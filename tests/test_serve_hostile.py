@@ -379,7 +379,7 @@ def test_stop_matcher_linear() -> None:
 REFUSED = {
     "top_logprobs": 5,  # without logprobs: true
     "tool_choice": "auto",
-    "parallel_tool_calls": True,
+    "function_call": "auto",
     "logprobs": 3,  # chat takes true/false (the count goes in top_logprobs)
     "presence_penalty": 2.5,
     "frequency_penalty": -3,

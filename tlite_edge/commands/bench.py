@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tlite_edge.commands._options import add_rpc_arguments, rpc_endpoints
 from tlite_edge.errors import TliteError
 
 GB = 1e9
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--bandwidth-mib", type=int, default=1024, help="buffer for the read-bandwidth sweep (default 1024)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_rpc_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         turn_tokens=args.turn_tokens,
         turn_reply=args.turn_reply,
         bandwidth_mib=args.bandwidth_mib,
+        rpc=tuple(rpc_endpoints(args)),
+        tensor_split=args.tensor_split,
     )
     err = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())

@@ -1,7 +1,9 @@
 """``tlite-edge run MODEL.gguf "prompt"``: one chat turn in llama.cpp, streamed to stdout.
 
-Only the answer goes to stdout (pipe-friendly); warnings and notices go to stderr, and timings too
-when stderr is a terminal. ``--json`` prints one object with the answer, token counts and timings.
+Only the answer goes to stdout (pipe-friendly); the thinking of a reasoning model (Qwen3), warnings
+and notices go to stderr (the thinking dimmed on a terminal; ``--hide-thinking`` leaves it out), and
+timings too when stderr is a terminal. ``--json`` prints one object with the answer (``content``),
+the thinking (``reasoning_content``), token counts and timings.
 """
 
 from __future__ import annotations
@@ -55,13 +57,15 @@ def result_dict(engine: Engine, reply: Reply) -> dict[str, Any]:
     stats = reply.stats.as_dict()
     return {
         "answer": reply.text,
+        "content": reply.text,
+        "reasoning_content": reply.reasoning or None,
         **{k: stats[k] for k in COUNTS},
         "timings": {k: round(stats[k], 4) for k in TIMINGS},
         "model": engine.settings.path,
         "settings": {k: v for k, v in engine.settings.as_dict().items() if k not in ("path", "warnings")},
         "sampling": {k: v for k, v in reply.sampling.as_dict().items() if k != "grammar"},
         "grammar": reply.sampling.grammar is not None,
-        "warnings": engine.warnings,
+        "warnings": [*engine.warnings, *reply.chat.notices],
     }
 
 
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tlite-edge run: warning: {warning}", file=sys.stderr)
     from tlite_edge.runtime import Chat
 
-    chat = Chat(engine, system=args.system)
+    chat = Chat(engine, system=args.system, think=args.think)
     reply = chat.send(
         args.prompt,
         temp=args.temp,
@@ -90,9 +94,23 @@ def run(args: argparse.Namespace) -> int:
         reply.result()
         print(json.dumps(result_dict(engine, reply), ensure_ascii=False, indent=1))
         return 0
-    for piece in reply:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    for notice in chat.notices:
+        print(f"tlite-edge run: {notice}", file=sys.stderr)
+    dim = ("\x1b[2m", "\x1b[0m") if sys.stderr.isatty() else ("", "")
+    thinking = False
+    for part in reply.parts():
+        if part.kind == "reasoning" and not args.hide_thinking:
+            sys.stderr.write(("" if thinking else dim[0]) + part.text)
+            sys.stderr.flush()
+            thinking = True
+        elif part.kind == "content":
+            if thinking:
+                sys.stderr.write(dim[1] + "\n")
+                thinking = False
+            sys.stdout.write(part.text)
+            sys.stdout.flush()
+    if thinking:
+        sys.stderr.write(dim[1] + "\n")
     sys.stdout.write("\n")
     sys.stdout.flush()
     for notice in reply.stats.notices:

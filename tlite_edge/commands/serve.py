@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tlite_edge.commands._options import add_rpc_arguments
 from tlite_edge.serve.server import API_KEY_ENV, ServerConfig, serve
 
 D = ServerConfig(Path("MODEL.gguf"))  # the defaults
@@ -64,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     number("--keep-alive", float, "seconds an idle connection stays open ({:g})")
     number("--max-client-connections", int, "open connections per client address ({})")
+    add_rpc_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -89,5 +91,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout=args.body_timeout,
             keep_alive=args.keep_alive,
             max_client_connections=args.max_client_connections,
+            rpc=tuple(args.rpc.split(",")) if args.rpc else (),
+            tensor_split=args.tensor_split,
         )
     )

@@ -25,6 +25,7 @@ from tlite_edge.gguf.reader import GGUFHeader
 from tlite_edge.runtime.bare import BareLlama
 from tlite_edge.runtime.chat import Chat
 from tlite_edge.runtime.engine import Engine, check_model
+from tlite_edge.runtime.rpc import Endpoint
 from tlite_edge.runtime.types import Sampling
 
 # Text for synthetic prompts: a turn is "Вопрос N. " followed by as many of these words as needed.
@@ -55,6 +56,8 @@ class BenchConfig:
     turn_tokens: int = 64  # new user-message tokens per turn
     turn_reply: int = 32  # reply tokens per turn
     bandwidth_mib: int = 1024
+    rpc: tuple[Endpoint, ...] = ()  # llama.cpp RPC workers holding part of the layers
+    tensor_split: str | None = None
 
 
 def peak_rss() -> int:
@@ -179,7 +182,9 @@ def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -
     header = check_model(path)
     step("ours: load")
     t0 = time.perf_counter()
-    engine = Engine.load(path, ctx=cfg.ctx, threads=cfg.threads, seed=0)
+    engine = Engine.load(
+        path, ctx=cfg.ctx, threads=cfg.threads, seed=0, rpc=cfg.rpc, tensor_split=cfg.tensor_split
+    )
     load_s = time.perf_counter() - t0
     text = pp_text(engine, cfg.pp)
     sampling = engine.sampling.with_(temp=0.0, repeat_penalty=1.0, max_tokens=cfg.tg)
@@ -232,6 +237,7 @@ def run_bench(path: str | Path, cfg: BenchConfig, step: Callable[[str], None]) -
         "threads": settings.threads,
         "n_ctx": settings.n_ctx,
         "gpu_layers": settings.gpu_layers,
+        "rpc": settings.rpc,
         "interleaved": interleave,
         "config": asdict(cfg),
         "ours": ours,

@@ -60,14 +60,39 @@ class Sampling:
 
 @dataclass
 class Message:
-    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse)."""
+    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse).
+
+    ``reasoning`` is an assistant's thinking (``reasoning_content``), ``tool_calls`` its calls in
+    OpenAI's shape, ``tool_call_id`` what a ``tool`` message answers.
+    """
 
     role: str
     content: str
     tokens: list[int] | None = None
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            out["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        """From OpenAI's shape (``reasoning_content``, ``tool_calls``, ``tool_call_id``)."""
+        return cls(
+            str(data["role"]),
+            data.get("content") or "",
+            reasoning=data.get("reasoning_content"),
+            tool_calls=data.get("tool_calls") or None,
+            tool_call_id=data.get("tool_call_id"),
+        )
 
 
 @dataclass

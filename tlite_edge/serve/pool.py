@@ -15,8 +15,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from tlite_edge.errors import TliteError
 from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.protocol import ApiError, Request, Usage
 
@@ -111,6 +112,8 @@ class Outcome:
     text: str = ""
     cancelled: str = ""  # why the server stopped it: "disconnect", "timeout"
     logprobs: list[TokenInfo] | None = None  # per token sent, when the request asked for them
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Job:
@@ -138,7 +141,11 @@ class Job:
     def run(self, engine: Engine) -> None:
         """The worker thread: start the reply, stream it, report the end (or an ApiError)."""
         try:
-            self._generate(engine)
+            run_job = getattr(engine, "run_job", None)  # an engine in a child process (serve --rpc)
+            if run_job is not None:
+                run_job(self)
+            else:
+                self._generate(engine)
         except ApiError as exc:
             self._emit("error", exc)
         except Exception as exc:  # llama.cpp failed: a 500 for this request, the server goes on
@@ -170,11 +177,21 @@ class Job:
             self._emit("text", text)
 
         try:
-            for piece in reply:
+            for part in reply.parts():
                 if reply.logprobs is not None:
                     pending += token_infos(engine, reply.logprobs[seen:])
                     seen = len(reply.logprobs)
-                text, found = matcher.feed(piece)
+                if part.kind == "reasoning":
+                    pending = []  # logprobs cover the answer's tokens only
+                    self.outcome.reasoning += part.text
+                    self._emit("reasoning", part.text)
+                    continue
+                if part.kind == "tool_call":
+                    pending = []
+                    self.outcome.tool_calls = [*(self.outcome.tool_calls or []), part.call]
+                    self._emit("tool_call", part.call)
+                    continue
+                text, found = matcher.feed(part.text)
                 if text:
                     send(text)
                 if found:
@@ -187,6 +204,8 @@ class Job:
         if tail or pending:
             send(tail)
         self.outcome.finish = "stop" if found else FINISH[reply.stats.finish_reason or "stopped"]
+        if self.outcome.tool_calls and self.outcome.finish == "stop":
+            self.outcome.finish = "tool_calls"
         self.outcome.usage = Usage(reply.stats.prompt_tokens, reply.stats.generated_tokens)
         self._emit("end", self.outcome)
 
@@ -213,8 +232,15 @@ def start_reply(engine: Engine, req: Request) -> Reply:
     t0 = time.perf_counter()
     n_ctx = engine.n_ctx
     if req.kind == "chat":
-        chat = Chat.from_messages(engine, req.messages[:-1])
-        prompt = chat.prompt_for(req.messages[-1]["content"])
+        options: dict[str, Any] = {"think": req.think, "tools": req.tools, "tool_choice": req.tool_choice}
+        try:
+            chat = Chat.from_messages(
+                engine, req.messages, **options, parallel_tool_calls=req.parallel_tool_calls
+            )
+        except TliteError as exc:
+            param = "tool_choice" if "tool_choice" in exc.message else "tools"
+            raise ApiError(400, exc.message, code="invalid_value", param=param) from None
+        prompt = chat.prompt_for(None)
     else:
         chat = Chat(engine)
         prompt = engine.tokenize(req.prompt, special=False)
@@ -253,7 +279,10 @@ def start_reply(engine: Engine, req: Request) -> Reply:
         max_tokens=reply_budget(n_ctx, len(prompt), req.max_tokens or engine.sampling.max_tokens),
     )
     if req.kind == "chat":
-        return chat.send(req.messages[-1]["content"], **sampling.as_dict())
+        try:
+            return chat.respond(**sampling.as_dict())
+        except TliteError as exc:  # a forced tool_choice without grammar support
+            raise ApiError(400, exc.message, code="invalid_value", param="tool_choice") from None
     return chat.complete(prompt, sampling, t0=t0)
 
 
@@ -267,6 +296,8 @@ class Pool:
         self.jobs: set[Job] = set()
         self.service_seconds = 1.0
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
+        # extra /health fields and whether the server can answer ("ok"), e.g. the RPC workers' state
+        self.health: Callable[[], dict[str, Any]] | None = None
 
     def _free(self) -> asyncio.Queue[Engine]:
         if self.free is None:  # made on first use, inside the server's event loop

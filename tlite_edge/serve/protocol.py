@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+from tlite_edge.serve.messages import FieldError, chat_messages, tool_options
+
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 MAX_LOGIT_BIAS = 1024  # entries in logit_bias
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
@@ -57,7 +58,7 @@ class Request:
 
     kind: str  # "chat" or "completion"
     model: str
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape (tool calls too)
     prompt: str = ""
     stream: bool = False
     include_usage: bool = False
@@ -73,6 +74,10 @@ class Request:
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: off; N: the chosen token's and the N most likely
     grammar: str | None = None  # from response_format
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = True
+    think: bool | None = None  # chat_template_kwargs.enable_thinking
 
 
 def _int(v: Any) -> bool:
@@ -93,6 +98,10 @@ STRUCTURED: dict[str, frozenset[str]] = {
     "stop": BOTH,
     "stream_options": BOTH,
     "user": BOTH,  # an end-user id for the provider's abuse checks: accepted, nothing to do with it here
+    "tools": CHAT,
+    "tool_choice": CHAT,
+    "parallel_tool_calls": CHAT,
+    "chat_template_kwargs": CHAT,  # llama-server's: {"enable_thinking": false}
 }
 
 
@@ -132,8 +141,6 @@ OPTIONS: dict[str, Option] = {
     "echo": Option(COMPLETION, lambda v: v is False, "false (echo is not supported)", False),
     "best_of": Option(COMPLETION, lambda v: v == 1 and _int(v), "1 (best_of is not supported)", False),
     "suffix": Option(COMPLETION, lambda v: v == "", "empty (suffix is not supported)", False),
-    "tools": Option(CHAT, lambda v: v == [], "empty (tool calls are not supported)", False),
-    "tool_choice": Option(CHAT, lambda v: v == "none", '"none" (tool calls are not supported)', False),
     "functions": Option(CHAT, lambda v: v == [], "empty (function calls are not supported)", False),
     "function_call": Option(CHAT, lambda v: v == "none", '"none" (function calls are not supported)', False),
     "logit_bias": Option(
@@ -163,46 +170,6 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad("the request body must be a JSON object", code="invalid_json")
     return data
-
-
-def _content(msg: dict[str, Any], i: int) -> str:
-    """A message's text: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
-    content = msg.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    raise bad(
-        f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}].content"
-    )
-
-
-def _messages(data: dict[str, Any], max_messages: int) -> list[dict[str, str]]:
-    msgs = data.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise bad("messages must be a non-empty list", param="messages")
-    if len(msgs) > max_messages:
-        raise bad(f"too many messages: {len(msgs)}, at most {max_messages}", param="messages")
-    out = []
-    for i, msg in enumerate(msgs):
-        if not isinstance(msg, dict):
-            raise bad(f"messages[{i}] must be an object", param=f"messages[{i}]")
-        role = msg.get("role")
-        if role not in ROLES:
-            raise bad(
-                f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
-                param=f"messages[{i}].role",
-            )
-        if role == "system" and i > 0:
-            raise bad(f"messages[{i}]: a system message may only come first", param=f"messages[{i}].role")
-        if msg.get("tool_calls") or msg.get("function_call"):
-            raise bad(f"messages[{i}]: tool calls are not supported", param=f"messages[{i}]")
-        out.append({"role": role, "content": _content(msg, i)})
-    if out[-1]["role"] != "user":
-        raise bad("the last message must have role user", param=f"messages[{len(out) - 1}].role")
-    return out
 
 
 def _stop(value: Any) -> list[str]:
@@ -321,7 +288,11 @@ def parse_request(kind: str, data: dict[str, Any], max_messages: int) -> Request
             raise bad('stream_options must be an object like {"include_usage": true}', "stream_options")
         req.include_usage = bool(options.get("include_usage"))
     if kind == "chat":
-        req.messages = _messages(data, max_messages)
+        try:
+            req.messages = chat_messages(data, max_messages)
+            tool_options(data, req)
+        except FieldError as exc:
+            raise bad(exc.message, param=exc.param) from None
     else:
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
@@ -370,10 +341,23 @@ class Shaper:
             out["usage"] = usage.as_dict()
         return out
 
-    def full(self, text: str, finish: str, usage: Usage, logprobs: list[Any] | None = None) -> dict[str, Any]:
+    def full(
+        self,
+        text: str,
+        finish: str,
+        usage: Usage,
+        logprobs: list[Any] | None = None,
+        reasoning: str = "",
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         lp = self.logprobs(logprobs)
         if self.req.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else "")}
+            if reasoning:
+                message["reasoning_content"] = reasoning  # as llama-server and vLLM send it
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice = {"index": 0, "message": message}
             return self._wrap("chat.completion", [{**choice, "logprobs": lp, "finish_reason": finish}], usage)
         choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
         return self._wrap("text_completion", [choice], usage)
@@ -384,12 +368,20 @@ class Shaper:
         finish: str | None = None,
         first: bool = False,
         logprobs: list[Any] | None = None,
+        reasoning: str | None = None,
+        tool_call: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A stream chunk: answer ``text`` (with its tokens' ``logprobs``), ``reasoning``
+        (``delta.reasoning_content``), or one ``tool_call`` delta (OpenAI's ``delta.tool_calls[0]``)."""
         lp = self.logprobs(logprobs)
         if self.req.kind == "chat":
-            delta: dict[str, str] = {"role": "assistant", "content": ""} if first else {}
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if text is not None:
                 delta["content"] = text
+            if reasoning is not None:
+                delta["reasoning_content"] = reasoning
+            if tool_call is not None:
+                delta["tool_calls"] = [tool_call]
             choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return self._wrap("chat.completion.chunk", [choice])
         choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
@@ -420,6 +412,15 @@ class Shaper:
             "top_logprobs": [{t: lp for t, _, lp in i.top} for i in infos],
             "text_offset": offsets,
         }
+
+    def tool_call_chunks(self, index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+        """One tool call as OpenAI streams it: index, id, type and name first, then the arguments."""
+        fn = call["function"]
+        head = {"index": index, "id": call["id"], "type": "function"}
+        return [
+            self.chunk(tool_call={**head, "function": {"name": fn["name"], "arguments": ""}}),
+            self.chunk(tool_call={"index": index, "function": {"arguments": fn["arguments"]}}),
+        ]
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.req.kind == "chat" else "text_completion"

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 TRANSCRIPT_FORMAT = "tlite-edge-chat"
 TRANSCRIPT_VERSION = 1
 ROLES = ("system", "user", "assistant")
+TRANSCRIPT_KEYS = {"role", "content", "reasoning_content"}
 HISTORY_ENV = "TLITE_EDGE_HISTORY"
 # sys.platform -> (environment variable with the per-user state folder, fallback under the home folder)
 STATE_DIRS = {
@@ -70,6 +71,8 @@ HELP = [
     ("/set [KEY VALUE]", "show the settings, or set one: " + ", ".join(SETTINGS)),
     ("/format FILE|json|off", "answer with JSON that follows the schema in FILE, any JSON object, or text"),
     ("/stats", "show or hide the speed line after each reply"),
+    ("/think, /no_think", "thinking on or off (Qwen3; at the end of a message: for that message)"),
+    ("/hide_thinking", "show or hide the model's thinking"),
     ("/exit", "leave (also /quit, Ctrl-D, or Ctrl-C twice at an empty prompt)"),
 ]
 KEYS = [
@@ -141,13 +144,15 @@ def load_transcript(path: Path, base: Sampling) -> tuple[list[dict[str, str]], S
         raise TliteError(path, '"messages" must be a list')
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise TliteError(path, f'messages[{i}] must be an object with exactly "role" and "content"')
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= TRANSCRIPT_KEYS:
+            raise TliteError(path, f'messages[{i}] must be an object with "role" and "content"')
+        if not isinstance(m.get("reasoning_content", ""), str):
+            raise TliteError(path, f"messages[{i}].reasoning_content must be a string")
         if m["role"] not in ROLES or (m["role"] == "system" and i != 0):
             raise TliteError(path, f"messages[{i}].role must be {'/'.join(ROLES)} (system only first)")
         if not isinstance(m["content"], str):
             raise TliteError(path, f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({k: m[k] for k in m if k != "reasoning_content" or m["role"] == "assistant"})
     sampling = data.get("sampling", {})
     if not isinstance(sampling, dict):
         raise TliteError(path, '"sampling" must be an object')
@@ -183,6 +188,7 @@ class ChatSession:
         self.chat = chat
         self.console = console
         self.show_stats = show_stats
+        self.hide_thinking = False
 
     def note(self, text: str, style: str = "dim") -> None:
         self.console.print(Text(text, style=style))
@@ -282,6 +288,20 @@ class ChatSession:
         self.show_stats = not self.show_stats
         self.note(f"stats {'on' if self.show_stats else 'off'}")
 
+    def think(self, arg: str, on: bool = True) -> None:
+        if not self.engine.caps.thinking:
+            self.warn("this model's chat template has no thinking switch")
+            return
+        self.chat.think = on
+        self.note(f"thinking {'on' if on else 'off'}")
+
+    def no_think(self, arg: str) -> None:
+        self.think(arg, on=False)
+
+    def toggle_thinking(self, _: str) -> None:
+        self.hide_thinking = not self.hide_thinking
+        self.note(f"thinking {'hidden' if self.hide_thinking else 'shown'}")
+
     def exit(self, _: str) -> object:
         return EXIT
 
@@ -297,6 +317,9 @@ COMMANDS: dict[str, Callable[[ChatSession, str], Any]] = {
     "/set": ChatSession.set,
     "/format": ChatSession.format,
     "/stats": ChatSession.stats,
+    "/think": ChatSession.think,
+    "/no_think": ChatSession.no_think,
+    "/hide_thinking": ChatSession.toggle_thinking,
     "/exit": ChatSession.exit,
     "/quit": ChatSession.exit,
 }
