@@ -2,7 +2,8 @@
 
 CPU SIMD features and backends as llama.cpp reports them, physical cores, RAM (and GPU memory when
 the build offloads), and for each quantization profile whether it fits at the model's context:
-weights (bits per weight × parameters of MODEL, or T-lite's 8.03 B) + KV cache + buffers. With
+weights (bits per weight × parameters of MODEL, or of a known model's data file: T-lite-instruct-0.1
+by default, another with ``--for``) + KV cache + buffers. With
 ``--rpc HOST:PORT,...`` each worker's memory is shown and the levels are sized for the whole pool.
 """
 
@@ -26,8 +27,14 @@ FIT_LABELS = {(True, False): "[green]yes[/]", (False, True): "[yellow]tight[/]",
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check this machine and pick a quantization level", description=__doc__)
-    p.add_argument("model", type=Path, nargs="?", help="GGUF file (default: size T-lite-instruct-0.1)")
-    p.add_argument("--ctx", type=int, help="context to size for (default: the model's, 8192 for T-lite)")
+    p.add_argument("model", type=Path, nargs="?", help="GGUF file (default: size a known model, --for)")
+    p.add_argument(
+        "--for",
+        dest="known",
+        metavar="NAME",
+        help="without MODEL: size this known model (name or Hub id; default T-lite-instruct-0.1)",
+    )
+    p.add_argument("--ctx", type=int, help="context to size for (default: the model's)")
     p.add_argument(
         "--profiles", type=Path, action="append", default=[], metavar="PATH", help="extra profiles"
     )
@@ -58,15 +65,19 @@ def _workers(rpc: str | None) -> list[dict[str, Any]]:
 
 
 def diagnose(
-    model: Path | None, ctx: int | None, extra_profiles: list[Path], rpc: str | None = None
+    model: Path | None,
+    ctx: int | None,
+    extra_profiles: list[Path],
+    rpc: str | None = None,
+    known: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as plain data; with ``rpc`` the levels are sized for the pool."""
+    """Everything the report shows, as plain data; with ``rpc`` the levels are sized for the pool;
+    without ``model``, for the known model ``known`` (default T-lite-instruct-0.1)."""
+    from tlite_edge.known_models import default_model, require_model
     from tlite_edge.quant.profiles import load_profiles
     from tlite_edge.runtime.engine import check_model
     from tlite_edge.runtime.fit import (
         HEADROOM,
-        TLITE_META,
-        TLITE_PARAMS,
         model_context,
         profile_fits,
         ram_needed,
@@ -76,10 +87,14 @@ def diagnose(
 
     if ctx is not None and ctx < 1:
         raise TliteError(None, f"--ctx must be at least 1, got {ctx}")
+    if model is not None and known is not None:
+        raise TliteError(model, "give a GGUF file or --for NAME, not both")
+    sized = require_model(known) if known is not None else default_model()
+    assert sized.shape is not None
     workers = _workers(rpc)
     hw = probe()
     model_info = None
-    meta, n_params = TLITE_META, TLITE_PARAMS
+    meta, n_params = sized.gguf_meta(), sized.shape.n_params
     if model is not None:
         header = check_model(model)
         meta = {k: v for k, v in header.kv.items() if not k.startswith("tokenizer.")}
@@ -114,6 +129,14 @@ def diagnose(
         "recommended": pick.profile if pick else None,
         "rpc": workers,
         "rpc_backend": _rpc_backend(),
+        "known_model": None
+        if model is not None
+        else {
+            "name": sized.name,
+            "hub_id": sized.hub_id,
+            "n_params": n_params,
+            "recommended_levels": list(sized.recommended_levels),
+        },
     }
 
 
@@ -124,6 +147,10 @@ def _rpc_backend() -> bool:
         return has_rpc()
     except TliteError:  # another llama-cpp-python version than the binding was checked against
         return False
+
+
+def _known_title(known: dict[str, Any]) -> str:
+    return f"{known['name']} ({known['n_params'] / 1e9:.2f} B)"
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -168,7 +195,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         "weights GiB",
         f"GiB @ {report['ctx']} ctx",
         f"fits {report['memory_available'] / GIB:.1f} GiB {report['memory_kind']}",
-        title="quantization levels" + ("" if model else " for T-lite-instruct-0.1 (8.03 B)"),
+        title="quantization levels" + ("" if model else f" for {_known_title(report['known_model'])}"),
     )
     for f in report["profiles"]:
         fits.add_row(
@@ -188,7 +215,7 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = diagnose(args.model, args.ctx, args.profiles, args.rpc)
+    report = diagnose(args.model, args.ctx, args.profiles, args.rpc, args.known)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     else:
