@@ -32,7 +32,7 @@ from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
 # Flash attention on by default, as llama.cpp's own tools resolve their "auto" on CPU, CUDA and Metal:
-# on the 2-core CPU it measured pp 2.3x faster and tg no slower (BENCHMARKS.md, llama-bench section).
+# on the 2-core CPU, pp 2.3x faster, tg not slower in the medians (BENCHMARKS.md, flash attention section).
 FLASH_ATTN_DEFAULT = True
 GIB = 2**30
 
