@@ -24,26 +24,33 @@ STORY = {
 }
 
 
-def generate_tok_s(engine: Engine, prompt: list[int], n: int) -> float:
+def generate_run(engine: Engine, prompt: list[int], n: int) -> tuple[float, float, int]:
+    """(generation tok/s, CPU ms per generated token, tokens) through llama-cpp-python's generate."""
     llm = engine.llm
     llm.reset()
-    t_first, count = 0.0, 0
+    t_first = c_first = 0.0
+    count = 0
     for token in llm.generate(prompt, temp=0.0, top_k=40, top_p=0.9, min_p=0.05, repeat_penalty=1.0):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if not t_first:
-            t_first = now
+            t_first, c_first = now, cpu
         else:
             count += 1
         if count >= n or engine.is_eog(token):
             break
-    return count / (time.perf_counter() - t_first)
+    return count / (now - t_first), 1000 * (cpu - c_first) / count, count
 
 
-def reply_tok_s(engine: Engine, n: int, grammar: str | None = None) -> tuple[float, int]:
+def reply_run(engine: Engine, n: int, grammar: str | None = None) -> tuple[float, float, int]:
+    """The same through ``Chat.send`` (CPU time includes the prompt's last-token sample, ~1/n)."""
     engine.llm.reset()
     reply = Chat(engine).send(PROMPT, temp=0.0, max_tokens=n + 1, grammar=grammar)
+    next(reply)
+    c_first = time.process_time()
     reply.result()
-    return reply.stats.generation_tokens_per_s, reply.stats.generated_tokens
+    cpu = time.process_time() - c_first
+    s = reply.stats
+    return s.generation_tokens_per_s, 1000 * cpu / max(s.decoded_tokens, 1), s.generated_tokens
 
 
 def main() -> None:
@@ -55,27 +62,25 @@ def main() -> None:
     args = ap.parse_args()
     engine = Engine.load(args.model, ctx=1024, threads=args.threads, seed=0)
     prompt = Chat(engine).prompt_for(PROMPT)
-    rows: dict[str, list[float]] = {
-        "generate (before)": [],
-        "reply loop (after)": [],
-        "reply + JSON grammar": [],
+    grammar = schema_grammar(STORY)
+    runs = {
+        "generate (before)": lambda: generate_run(engine, prompt, args.tokens),
+        "reply loop (after)": lambda: reply_run(engine, args.tokens),
+        "reply + JSON-schema grammar": lambda: reply_run(engine, args.tokens, grammar),
     }
-    lengths = []
-    for _ in range(args.rounds):
-        rows["generate (before)"].append(generate_tok_s(engine, prompt, args.tokens))
-        rows["reply loop (after)"].append(reply_tok_s(engine, args.tokens)[0])
-        tok_s, n = reply_tok_s(engine, args.tokens, schema_grammar(STORY))
-        rows["reply + JSON grammar"].append(tok_s)
-        lengths.append(n)
-    print(f"| path | tg tok/s (median of {args.rounds}) | all runs |")
-    print("|---|---|---|")
+    rows: dict[str, list[tuple[float, float, int]]] = {name: [] for name in runs}
+    for _ in range(args.rounds):  # interleaved
+        for name, run in runs.items():
+            rows[name].append(run())
+    print(f"| path | tg tok/s (median of {args.rounds}) | CPU ms/token (median) | tokens |")
+    print("|---|---|---|---|")
+    med = {}
     for name, values in rows.items():
-        print(f"| {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-    base = statistics.median(rows["reply loop (after)"])
-    gram = statistics.median(rows["reply + JSON grammar"])
-    overhead = 1000 / gram - 1000 / base
-    print(f"\ngrammar overhead: {overhead:.2f} ms/token (answers {min(lengths)}-{max(lengths)} tokens)")
-    print(f"after / before: {base / statistics.median(rows['generate (before)']):.3f}")
+        tok_s = statistics.median(v[0] for v in values)
+        med[name] = cpu = statistics.median(v[1] for v in values)
+        print(f"| {name} | {tok_s:.1f} | {cpu:.2f} | {', '.join(str(v[2]) for v in values)} |")
+    print(f"\nCPU per token, after / before: {med['reply loop (after)'] / med['generate (before)']:.3f}")
+    print(f"grammar: +{med['reply + JSON-schema grammar'] - med['reply loop (after)']:.2f} CPU ms/token")
 
 
 if __name__ == "__main__":

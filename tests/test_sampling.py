@@ -45,10 +45,11 @@ def test_logprobs_are_the_models(smol: Engine, smollm2: RealModel) -> None:
 
 def test_penalties_follow_llama_cpp_formula(smol: Engine, smollm2: RealModel) -> None:
     """Each greedy token is the argmax of the logits after OpenAI-style penalties on the reply so far."""
-    plain = Chat(smol).send(PROMPT, temp=0, max_tokens=10)
+    ask = "Repeat the word cat ten times."
+    plain = Chat(smol).send(ask, temp=0, max_tokens=8)
     plain.result()
-    freq, pres = 1.5, 0.5
-    reply = Chat(smol).send(PROMPT, temp=0, max_tokens=10, frequency_penalty=freq, presence_penalty=pres)
+    freq, pres = 2.0, 2.0
+    reply = Chat(smol).send(ask, temp=0, max_tokens=8, frequency_penalty=freq, presence_penalty=pres)
     reply.result()
     tokens = reply.message.tokens
     assert tokens != plain.message.tokens  # the penalties changed the answer
@@ -75,9 +76,7 @@ def test_logit_bias_forces_and_bans(smol: Engine) -> None:
 def test_seed_reproducible(smol: Engine) -> None:
     def text(seed: int) -> str:
         return (
-            Chat(smol)
-            .send(PROMPT, temp=1.2, top_k=0, top_p=1.0, min_p=0.0, seed=seed, max_tokens=6)
-            .result()
+            Chat(smol).send(PROMPT, temp=1.2, top_k=0, top_p=1.0, min_p=0.0, seed=seed, max_tokens=6).result()
         )
 
     assert text(7) == text(7) != text(8)

@@ -12,6 +12,7 @@ from tlite_edge.commands._options import add_quant_arguments, level_progress, ru
 from tlite_edge.fsutil import sidecar_path
 from tlite_edge.gguf_build.build import convert
 from tlite_edge.gguf_build.tensor_map import OUTTYPES
+from tlite_edge.known_models import KnownModel, find_model
 from tlite_edge.source import DEFAULT_SOURCE, resolve_source
 
 
@@ -56,7 +57,9 @@ def one_pass(args: argparse.Namespace) -> bool:
     return bool(args.levels) and not wants_file
 
 
-def run_one_pass(args: argparse.Namespace, folder: Path, name: str, console: Console) -> int:
+def run_one_pass(
+    args: argparse.Namespace, folder: Path, name: str, console: Console, known: KnownModel | None
+) -> int:
     from tlite_edge.gguf_build.onepass import convert_quantized
 
     with level_progress(console) as advance:
@@ -72,6 +75,7 @@ def run_one_pass(args: argparse.Namespace, folder: Path, name: str, console: Con
             extra_profiles=args.profiles,
             verify=not args.no_verify,
             advance=advance,
+            known=known,
         )
     for warning in done.warnings:
         print(f"tlite-edge convert: warning: {warning}", file=sys.stderr)
@@ -92,8 +96,11 @@ def run_one_pass(args: argparse.Namespace, folder: Path, name: str, console: Con
 def run(args: argparse.Namespace) -> int:
     console = Console()
     folder, name = resolve_source(args.source, args.revision)
+    known = find_model(args.source)
+    if known is not None:
+        console.print(f"known model {known.name}: applying its data file (end of turn, sampling, licence)")
     if one_pass(args):
-        return run_one_pass(args, folder, name, console)
+        return run_one_pass(args, folder, name, console, known)
     result = convert(
         folder,
         name=args.name or name,
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         chat_template=args.chat_template,
         verify=not args.no_verify,
+        known=known,
     )
     for fix in result.fixes:
         console.print(f"[yellow]fixed[/]: {fix}")

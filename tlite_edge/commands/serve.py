@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tlite_edge.commands._options import add_speculative_argument
+from tlite_edge.commands._options import add_rpc_arguments, add_speculative_argument
 from tlite_edge.serve.server import API_KEY_ENV, ServerConfig, serve
 
 D = ServerConfig(Path("MODEL.gguf"))  # the defaults
@@ -66,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     number("--keep-alive", float, "seconds an idle connection stays open ({:g})")
     number("--max-client-connections", int, "open connections per client address ({})")
+    add_rpc_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -92,5 +93,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout=args.body_timeout,
             keep_alive=args.keep_alive,
             max_client_connections=args.max_client_connections,
+            rpc=tuple(args.rpc.split(",")) if args.rpc else (),
+            tensor_split=args.tensor_split,
         )
     )

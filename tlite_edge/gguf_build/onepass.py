@@ -26,6 +26,7 @@ from tlite_edge.errors import TliteError
 from tlite_edge.fsutil import atomic_output, make_dirs
 from tlite_edge.gguf.writer import GGUFLayout, HashingSink
 from tlite_edge.gguf_build.build import SOURCE_QTYPE, Prepared, encode_block, permute_rows, to_f32
+from tlite_edge.known_models import KnownModel
 from tlite_edge.quant.ggml_quant import quantize_rows
 from tlite_edge.quant.profiles import Profile
 from tlite_edge.quant.quantize import QuantResult
@@ -245,6 +246,7 @@ def convert_quantized(
     extra_profiles: Sequence[Path] = (),
     verify: bool = True,
     advance: Advance | None = None,
+    known: KnownModel | None = None,
 ) -> ConvertedLevels:
     """The checkpoint at every level: in one pass where the rules are ported, the rest through the
     intermediate file and llama.cpp's quantizer (the file removed afterwards)."""
@@ -254,7 +256,7 @@ def convert_quantized(
 
     profiles = choose(levels, extra_profiles)
     threads = threads or physical_cores()
-    with prepare(folder, name=name, outtype=outtype, chat_template=chat_template) as prep:
+    with prepare(folder, name=name, outtype=outtype, chat_template=chat_template, known=known) as prep:
         imp = imatrix
         if isinstance(imatrix, Path):
             data = read_imatrix(imatrix)
@@ -277,7 +279,13 @@ def convert_quantized(
     rest = [p for p in profiles if reasons[p.name] is not None]
     if rest:
         mid = convert(
-            folder, name=name, outtype=outtype, out_dir=out_dir, chat_template=chat_template, verify=verify
+            folder,
+            name=name,
+            outtype=outtype,
+            out_dir=out_dir,
+            chat_template=chat_template,
+            verify=verify,
+            known=known,
         )
         try:
             for p in rest:

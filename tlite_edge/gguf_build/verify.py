@@ -200,12 +200,34 @@ def template_parity(llm: VocabOnly, template: str, bos: str, eos: str, origin: P
     )
 
 
+def end_of_generation(llm: VocabOnly, tokens: tuple[tuple[str, int], ...], origin: Path) -> Parity:
+    """llama.cpp holds each (text, id) of ``tokens`` (a model data file's list) and ends generation there."""
+    for text, token in tokens:
+        if llm.text(token) != text or not llm.lib.llama_vocab_is_eog(llm.vocab, token):
+            raise TliteError(
+                origin,
+                f"end of generation: llama.cpp does not stop at {text!r} (id {token}); no file written",
+            )
+    texts = ", ".join(text for text, _ in tokens)
+    return Parity("end-of-generation", len(tokens), len(tokens), texts)
+
+
 def verify_gguf(
-    gguf: Path, origin: Path, tokenizer_json: Path, template: str | None = None, bos: str = "", eos: str = ""
+    gguf: Path,
+    origin: Path,
+    tokenizer_json: Path,
+    template: str | None = None,
+    bos: str = "",
+    eos: str = "",
+    *,
+    eog: tuple[tuple[str, int], ...] = (),
 ) -> list[Parity]:
-    """Run the parity checks on ``gguf`` (e.g. a temporary file before it is renamed into place)."""
+    """Run the parity checks on ``gguf`` (e.g. a temporary file before it is renamed into place); with
+    ``eog``, also that llama.cpp ends generation at each of those tokens."""
     with vocab_only(gguf, origin) as llm:
         results = [tokenizer_parity(llm, tokenizer_json, origin)]
         if template is not None:
             results.append(template_parity(llm, template, bos, eos, origin))
+        if eog:
+            results.append(end_of_generation(llm, eog, origin))
     return results

@@ -27,9 +27,13 @@ from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, ram_needed, recommend
 from tlite_edge.runtime.hardware import Hardware, probe
 from tlite_edge.runtime.prompt import Prompt, TemplateCaps, build_prompt, template_caps
+from tlite_edge.runtime.rpc import Endpoint, parse_endpoint
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
+# Flash attention on by default, as llama.cpp's own tools resolve their "auto" on CPU, CUDA and Metal:
+# on the 2-core CPU, pp 2.3x faster, tg not slower in the medians (BENCHMARKS.md, flash attention section).
+FLASH_ATTN_DEFAULT = True
 GIB = 2**30
 
 
@@ -43,6 +47,7 @@ class EngineSettings:
     n_ctx_train: int
     threads: int
     gpu_layers: int
+    flash_attn: bool
     mmap: bool
     seed: int
     model_bytes: int
@@ -51,6 +56,8 @@ class EngineSettings:
     memory_kind: str  # "RAM" or the GPU device the weights go to
     speculative: bool = True  # prompt-lookup speculative decoding in replies (runtime.speculate)
     warnings: list[str] = field(default_factory=list)
+    rpc: list[str] = field(default_factory=list)  # the RPC workers holding layers
+    rpc_layers: int = 0  # layers (of n_layer + output) on them
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +113,26 @@ def _size_warning(header: GGUFHeader, weights: int, n_params: int, ctx: int, bud
     return msg
 
 
+def _rpc_split(
+    meta: dict[str, Any], hw: Hardware, rpc: Sequence[Endpoint], tensor_split: str | None
+) -> tuple[int, list[float], int, str]:
+    """Register the workers; (layers they take, per-device shares, memory of the pool, its name)."""
+    from tlite_edge.runtime.rpc import layer_split, parse_tensor_split
+    from tlite_edge.runtime.rpc_ggml import register_workers
+
+    given = parse_tensor_split(tensor_split, len(rpc)) if tensor_split else None
+    workers = register_workers(rpc)
+    if given:
+        shares, local = given
+    else:
+        shares, local = [float(w.free) for w in workers], float(hw.ram_available)
+    n_layers = int(meta[Keys.LLM.BLOCK_COUNT.format(arch=meta[Keys.General.ARCHITECTURE])])
+    offloaded, _ = layer_split(n_layers, shares, local)
+    per_device = [s / len(w.devices) for w, s in zip(workers, shares, strict=True) for _ in w.devices]
+    budget = hw.ram_available + sum(w.free for w in workers)
+    return offloaded, per_device, budget, f"RAM + {len(workers)} RPC worker(s)"
+
+
 class Engine:
     """One llama.cpp model and context. Not thread-safe: one reply at a time per engine."""
 
@@ -144,13 +171,19 @@ class Engine:
         ctx: int | None = None,
         threads: int | None = None,
         gpu: bool | int | None = None,
+        flash_attn: bool = FLASH_ATTN_DEFAULT,
         seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
         verbose: bool = False,
         hardware: Hardware | None = None,
+        rpc: Sequence[Endpoint | str] = (),
+        tensor_split: str | None = None,
         speculative: bool = True,
     ) -> Engine:
-        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers;
-        ``speculative``: draft tokens from the prompt and check them in one batch (``runtime.speculate``)."""
+        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers.
+        ``flash_attn``: llama.cpp's flash attention kernels (on by default). ``rpc``: llama.cpp RPC
+        workers that take a share of the layers (``tensor_split``: "A,B[,LOCAL]" shares; default: in
+        proportion to each one's free memory). ``speculative``: draft tokens from the prompt and check
+        them in one batch (``runtime.speculate``)."""
         header = check_model(path)
         meta = {k: v for k, v in header.kv.items() if not k.startswith(GGML_TOKENIZER_PREFIX)}
         meta[Keys.Tokenizer.CHAT_TEMPLATE] = header.kv.get(Keys.Tokenizer.CHAT_TEMPLATE)
@@ -162,6 +195,10 @@ class Engine:
         n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
         gpu_layers = _gpu_layers(gpu, hw, warnings)
         budget, kind = _memory_budget(hw, gpu_layers)
+        split: list[float] | None = None
+        rpc = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in rpc]
+        if rpc:
+            gpu_layers, split, budget, kind = _rpc_split(meta, hw, rpc, tensor_split)
         train_ctx = model_context(meta)
         if ctx is None:
             ctx = context_for_memory(weights, meta, train_ctx, budget) if budget else train_ctx
@@ -180,9 +217,11 @@ class Engine:
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=gpu_layers,
+                flash_attn=flash_attn,
                 use_mmap=True,
                 seed=seed,
                 verbose=verbose,
+                tensor_split=split,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise TliteError(path, f"llama.cpp could not load the model ({exc})") from None
@@ -196,6 +235,7 @@ class Engine:
             n_ctx_train=train_ctx,
             threads=threads,
             gpu_layers=gpu_layers,
+            flash_attn=flash_attn,
             mmap=True,
             seed=seed,
             model_bytes=weights,
@@ -204,6 +244,8 @@ class Engine:
             memory_kind=kind,
             speculative=speculative,
             warnings=warnings,
+            rpc=[str(e) for e in rpc],
+            rpc_layers=gpu_layers if rpc else 0,
         )
         try:
             return cls(llm, settings, meta, hw)

@@ -8,16 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
-from gguf import Keys
+from tlite_edge.gguf.keys import SAMPLING_KEYS
 
 # Sampling field -> GGUF key (llama.cpp's general.sampling.* defaults written by model authors).
-GGUF_SAMPLING_KEYS = {
-    "temp": Keys.General.SAMPLING_TEMP,
-    "top_p": Keys.General.SAMPLING_TOP_P,
-    "top_k": Keys.General.SAMPLING_TOP_K,
-    "min_p": Keys.General.SAMPLING_MIN_P,
-    "repeat_penalty": Keys.General.SAMPLING_PENALTY_REPEAT,
-}
+GGUF_SAMPLING_KEYS = SAMPLING_KEYS
 
 
 def reply_budget(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:

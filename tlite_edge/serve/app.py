@@ -155,13 +155,17 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
         }
 
     async def health(request: Request) -> JSONResponse:
+        extra = await asyncio.to_thread(pool.health) if pool.health else {}
+        ok = extra.pop("ok", True)
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if ok else "degraded",
                 "model": cfg.model_id,
                 "slots": {"total": len(pool.engines), "busy": pool.busy},
                 "queue": {"waiting": pool.waiting, "max": pool.max_queue},
-            }
+                **extra,
+            },
+            status_code=200 if ok else 503,
         )
 
     async def models(request: Request) -> JSONResponse:

@@ -141,7 +141,11 @@ class Job:
     def run(self, engine: Engine) -> None:
         """The worker thread: start the reply, stream it, report the end (or an ApiError)."""
         try:
-            self._generate(engine)
+            run_job = getattr(engine, "run_job", None)  # an engine in a child process (serve --rpc)
+            if run_job is not None:
+                run_job(self)
+            else:
+                self._generate(engine)
         except ApiError as exc:
             self._emit("error", exc)
         except Exception as exc:  # llama.cpp failed: a 500 for this request, the server goes on
@@ -292,6 +296,8 @@ class Pool:
         self.jobs: set[Job] = set()
         self.service_seconds = 1.0
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
+        # extra /health fields and whether the server can answer ("ok"), e.g. the RPC workers' state
+        self.health: Callable[[], dict[str, Any]] | None = None
 
     def _free(self) -> asyncio.Queue[Engine]:
         if self.free is None:  # made on first use, inside the server's event loop

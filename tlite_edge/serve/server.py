@@ -67,11 +67,14 @@ class ServerConfig:
     body_timeout: float = 30.0  # also how long a stream may wait for a reader
     keep_alive: float = 5.0
     max_client_connections: int = 32  # open connections per client address
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers (HOST:PORT) holding part of the layers
+    tensor_split: str | None = None  # "A,B[,LOCAL]" shares of the layers (default: by free memory)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))
         object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        object.__setattr__(self, "rpc", tuple(self.rpc))
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +103,20 @@ def check_config(cfg: ServerConfig) -> str | None:
             check_origin(origin)
         except ValueError as exc:
             raise TliteError(None, f"--cors-origin: {exc}") from None
+    if cfg.tensor_split and not cfg.rpc:
+        raise TliteError(None, "--tensor-split needs --rpc")
+    if cfg.rpc:
+        from tlite_edge.runtime.rpc import parse_endpoints, parse_tensor_split
+
+        endpoints = parse_endpoints(",".join(cfg.rpc))
+        if cfg.tensor_split:
+            parse_tensor_split(cfg.tensor_split, len(endpoints))
+        if cfg.parallel > 1:
+            raise TliteError(
+                None,
+                "--rpc works with --parallel 1: llama.cpp's RPC worker serves one client at a time "
+                "(run more replicas behind a balancer for more users)",
+            )
     if cfg.port > 65535:
         raise TliteError(None, f"--port must be at most 65535, got {cfg.port}")
     key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
@@ -131,13 +148,30 @@ def log_line(entry: dict[str, Any]) -> None:
 
 
 def load_engines(cfg: ServerConfig) -> list[Engine]:
-    """``parallel`` engines on the same file (weights mmap'ed once, a KV cache each)."""
+    """``parallel`` engines on the same file (weights mmap'ed once, a KV cache each); with RPC workers
+    one engine in a child process (serve/isolate.py: llama.cpp aborts when a worker is lost)."""
     from tlite_edge.progress import console
     from tlite_edge.runtime.engine import Engine
     from tlite_edge.runtime.hardware import probe
 
     hw = probe()
     threads = cfg.threads or max(1, hw.threads // cfg.parallel)
+    if cfg.rpc:
+        from tlite_edge.serve.isolate import IsolatedEngine
+
+        spec = {
+            "model": str(cfg.model),
+            "ctx": cfg.ctx,
+            "threads": threads,
+            "rpc": list(cfg.rpc),
+            "tensor_split": cfg.tensor_split,
+            "speculative": cfg.speculative,
+        }
+        isolated = IsolatedEngine(spec)
+        isolated.start()
+        for warning in isolated.warnings:
+            log_line({"event": "warning", "message": warning})
+        return [isolated]  # type: ignore[list-item]
     engines: list[Engine] = []
     loading = f"loading {cfg.model.name} ×{cfg.parallel}"
     with console.status(loading) if sys.stderr.isatty() else nullcontext():
@@ -173,6 +207,7 @@ def serve(cfg: ServerConfig) -> int:
     json_logging(log_line)
     engines = load_engines(cfg)
     pool = Pool(engines, cfg.max_queue)
+    pool.health = getattr(engines[0], "status", None)
     stem = cfg.model.name.removesuffix(".gguf")
     app_cfg = ServeConfig(
         model_id=stem,
@@ -223,6 +258,7 @@ def serve(cfg: ServerConfig) -> int:
             "ctx": app_cfg.n_ctx,
             "threads": engines[0].settings.threads,
             "auth": key is not None,
+            **({"rpc": list(cfg.rpc)} if cfg.rpc else {}),
         }
     )
     # uvicorn shuts down on SIGTERM, then re-raises it: end through the finally below, exit code 0
