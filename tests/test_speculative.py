@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from tlite_edge.errors import TliteError
 from tlite_edge.runtime import Chat, Engine, speculate
 from tlite_edge.runtime.speculate import MAX_NGRAM, MIN_DRAFT, MIN_NGRAM, Drafter
 from tlite_edge.samples.smollm2 import smollm2_gguf
@@ -153,3 +154,15 @@ def test_cli_json_counts_and_switch(smol: Engine) -> None:
     assert (
         out["accepted"] > 0 and out["drafted"] >= out["accepted"] and out["settings"]["speculative"] is True
     )
+
+
+def test_draft_model_identical_and_vocabulary_checked(bf16_gguf: Path) -> None:
+    # SmolLM2 drafting for itself: the same greedy reply, nearly every draft accepted
+    engine = Engine.load(smollm2_gguf(), ctx=1024, threads=2, seed=0)
+    engine.use_draft(smollm2_gguf())
+    _, off = reply(engine, False, max_tokens=24)
+    _, on = reply(engine, True, max_tokens=24)
+    same(on, off)
+    assert on.stats.accepted >= 0.8 * on.stats.drafted > 0
+    with pytest.raises(TliteError, match="vocabulary differs"):
+        engine.use_draft(bf16_gguf)

@@ -162,6 +162,12 @@ def add_speculative_argument(p: argparse.ArgumentParser) -> None:
         help="no speculative decoding (by default, text the reply copies from the prompt is checked "
         "several tokens per model step; the output is the same)",
     )
+    p.add_argument(
+        "--draft",
+        type=Path,
+        metavar="MODEL.gguf",
+        help="draft with this smaller model of the same vocabulary instead of prompt lookup",
+    )
 
 
 MIN_CTX = 64  # a chat prompt (template and a short message) and a few reply tokens
@@ -193,7 +199,7 @@ def load_engine(args: argparse.Namespace) -> Engine:
 
     seed = llama_cpp.LLAMA_DEFAULT_SEED if args.seed is None else args.seed
     rpc = rpc_endpoints(args)
-    return Engine.load(
+    engine = Engine.load(
         args.model,
         ctx=args.ctx,
         threads=args.threads,
@@ -202,3 +208,6 @@ def load_engine(args: argparse.Namespace) -> Engine:
         tensor_split=args.tensor_split,
         speculative=args.speculative,
     )
+    if args.draft is not None and args.speculative:
+        engine.use_draft(args.draft)
+    return engine

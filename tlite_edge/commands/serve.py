@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             threads=args.threads,
             speculative=args.speculative,
+            draft=args.draft,
             max_body=args.max_body,
             max_messages=args.max_messages,
             timeout=args.timeout,

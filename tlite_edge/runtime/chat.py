@@ -67,7 +67,8 @@ class Reply:
         self.logprobs: list[TokenLogprob] | None = [] if sampling.logprobs is not None else None
         # speculative decoding: the drafter, and the last verified batch (its first KV position, drafts,
         # and the output sampled last)
-        self.drafter = Drafter(prompt, max_tokens) if engine.settings.speculative and max_tokens > 1 else None
+        on = engine.settings.speculative and max_tokens > 1
+        self.drafter = Drafter(prompt, max_tokens, engine.draft_model) if on else None
         self._batch: tuple[int, list[int], int] | None = None
         self._gen = self._parse()
 

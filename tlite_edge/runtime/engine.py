@@ -28,6 +28,7 @@ from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fi
 from tlite_edge.runtime.hardware import Hardware, probe
 from tlite_edge.runtime.prompt import Prompt, TemplateCaps, build_prompt, template_caps
 from tlite_edge.runtime.rpc import Endpoint, parse_endpoint
+from tlite_edge.runtime.speculate import DraftModel
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
@@ -55,6 +56,7 @@ class EngineSettings:
     memory_available: int
     memory_kind: str  # "RAM" or the GPU device the weights go to
     speculative: bool = True  # prompt-lookup speculative decoding in replies (runtime.speculate)
+    draft: str | None = None  # a draft model instead of prompt lookup (``Engine.use_draft``)
     warnings: list[str] = field(default_factory=list)
     rpc: list[str] = field(default_factory=list)  # the RPC workers holding layers
     rpc_layers: int = 0  # layers (of n_layer + output) on them
@@ -143,6 +145,7 @@ class Engine:
         self.hardware = hw
         self.sampling = Sampling.from_metadata(meta)
         self._active: Generation | None = None  # the reply generating on this context
+        self.draft_model: DraftModel | None = None  # set by ``use_draft``
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen
@@ -265,6 +268,18 @@ class Engine:
         if active is not None and active is not reply and not active.done:
             active.close()
         self._active = reply
+
+    def use_draft(self, path: str | Path) -> None:
+        """Draft with the model at ``path`` (same vocabulary, loaded with this engine's context and
+        threads) instead of prompt lookup."""
+        draft = Engine.load(path, ctx=self.n_ctx, threads=self.settings.threads, speculative=False)
+        if draft.n_vocab != self.n_vocab or any(
+            draft.token_bytes(t) != self.token_bytes(t) for t in range(0, self.n_vocab, 97)
+        ):
+            draft.close()
+            raise TliteError(path, f"the draft model's vocabulary differs from {self.settings.path}'s")
+        self.draft_model = DraftModel(draft.llm, draft.n_vocab)
+        self.settings.draft = str(path)
 
     def close(self) -> None:
         self.llm.close()

@@ -21,13 +21,38 @@ MAX_DRAFT = 8  # tokens proposed per step
 MIN_DRAFT = 2  # a shorter draft is not worth a batch: decode one token as usual
 
 
-class Drafter:
-    """The prompt and the reply so far, and drafts looked up in them."""
+class DraftModel:
+    """A small model with the same vocabulary that drafts greedily (``--draft``); its KV cache follows
+    the reply by longest common prefix, so rejected drafts are dropped on the next call."""
 
-    def __init__(self, prompt: Sequence[int], capacity: int) -> None:
+    def __init__(self, llm: llama_cpp.Llama, n_vocab: int) -> None:
+        self.llm, self.n_vocab = llm, n_vocab
+
+    def draft(self, ids: np.ndarray, k: int) -> list[int]:
+        llm, n = self.llm, len(ids)
+        held = min(llm.n_tokens, n - 1)
+        same = np.asarray(llm.input_ids[:held]) == ids[:held]
+        keep = held if same.all() else int(np.argmin(same))
+        llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        llm.n_tokens = keep
+        out: list[int] = []
+        llm.eval(ids[keep:].tolist())
+        while True:
+            logits = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            out.append(int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax()))
+            if len(out) == k or llm.n_tokens + 1 >= llm.n_ctx():
+                return out
+            llm.eval(out[-1:])
+
+
+class Drafter:
+    """The prompt and the reply so far, and drafts looked up in them (or made by a draft model)."""
+
+    def __init__(self, prompt: Sequence[int], capacity: int, model: DraftModel | None = None) -> None:
         self.ids = np.zeros(len(prompt) + capacity + 1, dtype=np.int32)
         self.ids[: len(prompt)] = prompt
         self.n = len(prompt)
+        self.model = model
 
     def push(self, token: int) -> None:
         if self.n < len(self.ids):
@@ -39,6 +64,8 @@ class Drafter:
         suffix (``MAX_NGRAM`` down to ``MIN_NGRAM`` tokens) followed by ``MIN_DRAFT`` tokens at least;
         [] when there is none."""
         ids, n = self.ids, self.n
+        if self.model is not None:
+            return self.model.draft(ids[:n], k)
         for size in range(min(MAX_NGRAM, n - 1), MIN_NGRAM - 1, -1):
             suffix = ids[n - size : n]
             # windows starting at 0 .. n-size-1: every earlier occurrence (the suffix itself excluded)

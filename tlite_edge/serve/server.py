@@ -57,6 +57,7 @@ class ServerConfig:
     max_queue: int = 16  # requests waiting for a slot
     threads: int | None = None  # per slot; None: physical cores / parallel
     speculative: bool = True  # prompt-lookup speculative decoding
+    draft: Path | None = None  # a draft model instead of prompt lookup
     max_body: int = 1 << 20
     max_messages: int = 256
     timeout: float = 300.0  # seconds a request may take, queue included
@@ -103,6 +104,8 @@ def check_config(cfg: ServerConfig) -> str | None:
             check_origin(origin)
         except ValueError as exc:
             raise TliteError(None, f"--cors-origin: {exc}") from None
+    if cfg.draft is not None and cfg.rpc:
+        raise TliteError(None, "--draft does not work with --rpc")
     if cfg.tensor_split and not cfg.rpc:
         raise TliteError(None, "--tensor-split needs --rpc")
     if cfg.rpc:
@@ -179,6 +182,8 @@ def load_engines(cfg: ServerConfig) -> list[Engine]:
             engine = Engine.load(
                 cfg.model, ctx=cfg.ctx, threads=threads, hardware=hw, speculative=cfg.speculative
             )
+            if cfg.draft is not None and cfg.speculative:
+                engine.use_draft(cfg.draft)
             engines.append(engine)
     for warning in engines[0].warnings:
         log_line({"event": "warning", "message": warning})
