@@ -1,8 +1,9 @@
 """N engines working at once, a bounded queue in front of them, generation in worker threads.
 
-A request takes a free engine or waits in the queue (full queue: 503 with Retry-After); its reply
-runs in a thread and streams pieces to the event loop; the engine goes back to the pool only when
-that thread has finished, so a stopped or abandoned reply never leaves a slot half used.
+A request takes a free slot (with the prompt cache on, the one whose KV cache it reuses best:
+``slots.choose``) or waits in the queue, first come first served (full queue: 503 with Retry-After);
+its reply runs in a thread and streams pieces to the event loop; the slot goes back to the pool only
+when that thread has finished, so a stopped or abandoned reply never leaves a slot half used.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import math
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tlite_edge.runtime.types import reply_budget
+from tlite_edge.serve.metrics import ServeMetrics
 from tlite_edge.serve.protocol import ApiError, Request, Usage
+from tlite_edge.serve.slots import Slot, choose, prompt_ids
 
 if TYPE_CHECKING:
     from tlite_edge.runtime import Engine, Reply
@@ -91,6 +97,7 @@ class Outcome:
     usage: Usage | None = None
     text: str = ""
     cancelled: str = ""  # why the server stopped it: "disconnect", "timeout"
+    first_token: float | None = None  # seconds from the reply's start to its first sampled token
 
 
 class Job:
@@ -104,6 +111,7 @@ class Job:
         self._lock = threading.Lock()
         self.done = threading.Event()  # the thread has finished (the outcome is complete)
         self.queue_seconds = 0.0
+        self.slot = -1  # the slot it runs on
 
     def cancel(self, why: str) -> None:
         """Stop the generation (safe from the loop while the thread runs)."""
@@ -150,7 +158,11 @@ class Job:
             self.outcome.text += tail
             self._emit("text", tail)
         self.outcome.finish = "stop" if found else FINISH[reply.stats.finish_reason or "stopped"]
-        self.outcome.usage = Usage(reply.stats.prompt_tokens, reply.stats.generated_tokens)
+        stats = reply.stats
+        cached = max(0, stats.prompt_tokens - stats.evaluated_tokens) if stats.time_to_first_token else 0
+        self.outcome.usage = Usage(stats.prompt_tokens, stats.generated_tokens, cached)
+        if stats.time_to_first_token:  # 0: stopped while reading the prompt
+            self.outcome.first_token = stats.time_to_first_token
         self._emit("end", self.outcome)
 
     async def stream(self, deadline: float) -> AsyncIterator[tuple[str, object]]:
@@ -208,72 +220,124 @@ def start_reply(engine: Engine, req: Request) -> Reply:
 
 
 class Pool:
-    """The engines, the queue in front of them and the worker threads."""
+    """The slots, the queue in front of them and the worker threads."""
 
-    def __init__(self, engines: list[Engine], max_queue: int) -> None:
-        self.engines, self.max_queue = engines, max_queue
-        self.free: asyncio.Queue[Engine] | None = None
+    def __init__(self, engines: list[Engine], max_queue: int, prompt_cache: bool = True) -> None:
+        self.engines, self.max_queue, self.prompt_cache = engines, max_queue, prompt_cache
+        self.slots = [Slot(i, engine) for i, engine in enumerate(engines)]
+        self.waiters: deque[asyncio.Future[Slot]] = deque()  # first come, first served
         self.waiting = 0
         self.jobs: set[Job] = set()
         self.service_seconds = 1.0
+        self.metrics = ServeMetrics()
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
-
-    def _free(self) -> asyncio.Queue[Engine]:
-        if self.free is None:  # made on first use, inside the server's event loop
-            self.free = asyncio.Queue()
-            for engine in self.engines:
-                self.free.put_nowait(engine)
-        return self.free
 
     @property
     def busy(self) -> int:
-        return len(self.engines) - self._free().qsize()
+        return sum(slot.busy for slot in self.slots)
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue ahead, served N at a time."""
         ahead = self.waiting + self.busy
         return max(1, math.ceil(self.service_seconds * ahead / len(self.engines)))
 
+    async def _prompt(self, req: Request) -> np.ndarray | None:
+        """The request's prompt ids for choosing a slot (None: no choice to make, or it does not build;
+        then the reply itself reports why)."""
+        if not self.prompt_cache or len(self.slots) == 1:
+            return None
+        loop = asyncio.get_running_loop()
+        try:  # any engine's vocabulary will do; tokenizing is safe next to a running decode
+            return await loop.run_in_executor(None, prompt_ids, self.slots[0].engine, req)
+        except Exception:
+            return None
+
     async def submit(self, req: Request, deadline: float) -> Job:
-        """Wait for an engine (or refuse: full queue, or no slot before the deadline) and start the job."""
-        free = self._free()
-        if free.empty() and self.waiting >= self.max_queue:
-            raise self._busy(
-                f"all {len(self.engines)} slots are busy and the queue ({self.max_queue}) is full"
-            )
+        """Take a slot (or refuse: full queue, or no slot before the deadline) and start the job."""
         t0 = time.monotonic()
-        self.waiting += 1
-        getter = asyncio.ensure_future(free.get())  # not wait_for: an engine must never get lost
-        try:
-            await asyncio.wait({getter}, timeout=max(deadline - t0, 0.001))
-        except BaseException:
-            if getter.done() and not getter.cancelled():
-                free.put_nowait(getter.result())
-            getter.cancel()
-            raise
-        finally:
-            self.waiting -= 1
-        if not getter.done():
-            getter.cancel()
-            raise self._busy("no slot became free within the server's time limit")
-        engine = getter.result()
+        prompt = await self._prompt(req)
+        free = [slot for slot in self.slots if not slot.busy]
+        if free:
+            slot, _ = choose(free, prompt)
+            slot.busy = True
+        else:
+            slot = await self._wait(deadline)
         loop = asyncio.get_running_loop()
         job = Job(req, loop)
-        job.queue_seconds = time.monotonic() - t0
+        job.queue_seconds, job.slot = time.monotonic() - t0, slot.index
         self.jobs.add(job)
-        future = loop.run_in_executor(self.executor, job.run, engine)
+        future = loop.run_in_executor(self.executor, self._run, slot, job)
         future.add_done_callback(
-            lambda f: self._release(engine, job, time.monotonic() - t0 - job.queue_seconds)
+            lambda f: self._release(slot, job, time.monotonic() - t0 - job.queue_seconds)
         )
         return job
 
-    def _release(self, engine: Engine, job: Job, seconds: float) -> None:
+    async def _wait(self, deadline: float) -> Slot:
+        """Queue for the next slot released (it arrives busy, already ours)."""
+        if self.waiting >= self.max_queue:
+            raise self._busy(
+                f"all {len(self.engines)} slots are busy and the queue ({self.max_queue}) is full"
+            )
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.waiting += 1
+        try:
+            await asyncio.wait({waiter}, timeout=max(deadline - time.monotonic(), 0.001))
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        finally:
+            self.waiting -= 1
+        if not waiter.done():
+            self._abandon(waiter)
+            raise self._busy("no slot became free within the server's time limit")
+        return waiter.result()
+
+    def _abandon(self, waiter: asyncio.Future[Slot]) -> None:
+        """A waiter that gave up: a slot handed to it meanwhile goes on (a slot must never get lost)."""
+        if waiter.done() and not waiter.cancelled():
+            self._hand_over(waiter.result())
+        else:
+            waiter.cancel()
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+
+    def _run(self, slot: Slot, job: Job) -> None:
+        if not self.prompt_cache:
+            slot.engine.clear_kv()
+        job.run(slot.engine)
+
+    def _release(self, slot: Slot, job: Job, seconds: float) -> None:
         self.jobs.discard(job)
         self.service_seconds += SERVICE_EWMA * (seconds - self.service_seconds)
-        self._free().put_nowait(engine)
+        usage, first = job.outcome.usage, job.outcome.first_token
+        if usage is not None:
+            ttft = None if first is None else job.queue_seconds + first
+            self.metrics.generation(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, ttft)
+        slot.used = time.monotonic()
+        slot.remember(self.prompt_cache, None if usage is None else usage.prompt_tokens)
+        self._hand_over(slot)
+
+    def _hand_over(self, slot: Slot) -> None:
+        """Give a released slot to the first live waiter, else mark it free."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        slot.busy = False
 
     def _busy(self, message: str) -> ApiError:
         return ApiError(503, message, code="server_busy", headers={"Retry-After": str(self.retry_after())})
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """The /metrics gauges, now."""
+        return {
+            "queue_depth": ("Requests waiting for a slot.", self.waiting),
+            "queue_max": ("Most requests that may wait for a slot.", self.max_queue),
+            "slots_busy": ("Slots generating a reply.", self.busy),
+            "slots_total": ("Slots (engines).", len(self.slots)),
+        }
 
     def stop_all(self, why: str = "shutdown") -> None:
         for job in list(self.jobs):

@@ -66,6 +66,7 @@ class ServerConfig:
     body_timeout: float = 30.0  # also how long a stream may wait for a reader
     keep_alive: float = 5.0
     max_client_connections: int = 32  # open connections per client address
+    prompt_cache: bool = True  # route requests to the slot holding their prefix, reuse its KV cache
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))
@@ -147,6 +148,18 @@ def load_engines(cfg: ServerConfig) -> list[Engine]:
     return engines
 
 
+def model_meta(engine: Engine) -> dict[str, Any]:
+    """What ``/v1/models`` tells of the model besides the context (the fields llama-server's ``meta`` has)."""
+    llm = engine.llm
+    return {
+        "n_ctx_train": engine.settings.n_ctx_train,
+        "n_vocab": llm.n_vocab(),
+        "n_embd": llm.n_embd(),
+        "n_params": engine.settings.n_params,
+        "size": engine.settings.model_bytes,
+    }
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -168,7 +181,7 @@ def serve(cfg: ServerConfig) -> int:
 
     json_logging(log_line)
     engines = load_engines(cfg)
-    pool = Pool(engines, cfg.max_queue)
+    pool = Pool(engines, cfg.max_queue, prompt_cache=cfg.prompt_cache)
     stem = cfg.model.name.removesuffix(".gguf")
     app_cfg = ServeConfig(
         model_id=stem,
@@ -180,6 +193,7 @@ def serve(cfg: ServerConfig) -> int:
         max_messages=cfg.max_messages,
         timeout=cfg.timeout,
         stall_timeout=cfg.body_timeout,
+        meta=model_meta(engines[0]),
     )
     host, port = sock.getsockname()[:2]
     origins = frozenset(check_origin(o) for o in cfg.cors_origins)
@@ -190,7 +204,12 @@ def serve(cfg: ServerConfig) -> int:
         max_per_client=cfg.max_client_connections,
         max_connections=max(512, 4 * (cfg.parallel + cfg.max_queue)),
     )
-    app = AccessLog(Guard(build_app(pool, app_cfg), guard), log_line)
+
+    def write(entry: dict[str, Any]) -> None:
+        pool.metrics.request(entry)
+        log_line(entry)
+
+    app = AccessLog(Guard(build_app(pool, app_cfg), guard), write)
     config = uvicorn.Config(
         app,
         loop="asyncio",
@@ -216,6 +235,7 @@ def serve(cfg: ServerConfig) -> int:
             "model": stem,
             "parallel": cfg.parallel,
             "max_queue": cfg.max_queue,
+            "prompt_cache": cfg.prompt_cache,
             "ctx": app_cfg.n_ctx,
             "threads": engines[0].settings.threads,
             "auth": key is not None,
