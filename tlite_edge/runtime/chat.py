@@ -3,19 +3,22 @@
 ``Chat(engine, system=..., sampling=...)`` starts one. ``Chat.send(text)`` returns a ``Reply``:
 iterate it for text pieces (whole UTF-8 characters), call ``reply.stop()`` (or just stop iterating)
 to end it early; the history keeps what was said. Each turn evaluates only the prompt tokens the KV
-cache does not already hold (llama-cpp-python's prefix match); ``reply.stats`` counts them.
+cache does not already hold (longest common prefix); ``reply.stats`` counts them. Tokens come from
+llama.cpp's sampler chain (``runtime.sampler``): evaluate, sample at a position, repeat.
 """
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
+import numpy as np
 
 from tlite_edge.errors import TliteError
+from tlite_edge.runtime.sampler import Sampler, TokenLogprob
 from tlite_edge.runtime.types import Message, ReplyStats, Sampling, reply_budget
 
 if TYPE_CHECKING:
@@ -59,6 +62,11 @@ class Reply:
         self.stats = ReplyStats(prompt_tokens=len(prompt))
         self._t0 = t0
         self._stop = False
+        engine = chat.engine
+        seed = sampling.seed if sampling.seed is not None else engine.settings.seed
+        self.sampler = Sampler(engine.vocab, engine.n_vocab, sampling, seed)
+        # one entry per reply token (``message.tokens``) when sampling.logprobs is set
+        self.logprobs: list[TokenLogprob] | None = [] if sampling.logprobs is not None else None
         self._gen = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -92,28 +100,20 @@ class Reply:
         return self.text
 
     def _run(self) -> Iterator[str]:
-        engine, s, stats, msg = self.chat.engine, self.sampling, self.stats, self.message
-        llm = engine.llm
-        llm.set_seed(s.seed if s.seed is not None else engine.settings.seed)
-        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
-        tokens = llm.generate(
-            self.prompt,
-            temp=s.temp,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            min_p=s.min_p,
-            repeat_penalty=s.repeat_penalty,
-            reset=True,  # with a filled cache this is llama-cpp-python's prefix match, not a reset
-        )
+        engine, stats, msg = self.chat.engine, self.stats, self.message
+        ctx = engine.llm._ctx.ctx
+        llama_cpp.llama_perf_context_reset(ctx)
         utf8 = Utf8Stream()
         t_first = 0.0
-        ctx = llm._ctx.ctx
         # While the prompt is read, stop() aborts llama_decode (CPU backends check between graph nodes):
         # a long prompt need not finish before Ctrl-C takes effect. Off once tokens come (no per-token cost).
         abort = llama_cpp.ggml_abort_callback(lambda _data: self._stop)
         llama_cpp.llama_set_abort_callback(ctx, abort, None)
         try:
-            for token in self._prompt_aborted(tokens):
+            if not self._read_prompt():
+                return
+            while True:
+                token = self.sample_at(-1)
                 now = time.perf_counter()
                 if not t_first:
                     t_first = now
@@ -124,6 +124,8 @@ class Reply:
                     stats.generation_seconds = now - t_first
                 if engine.is_eog(token):
                     stats.finish_reason = "stop"
+                    if self.logprobs:
+                        self.logprobs.pop()  # the end of turn is not part of the reply
                     break
                 msg.tokens.append(token)  # type: ignore[union-attr]
                 stats.generated_tokens += 1
@@ -137,8 +139,7 @@ class Reply:
                 if stats.generated_tokens >= self.max_tokens:
                     stats.finish_reason = "length"
                     break
-            else:
-                stats.finish_reason = stats.finish_reason or "length"
+                self.evaluate([token])
             tail = utf8.flush()
             msg.content += tail
             if tail:
@@ -148,12 +149,47 @@ class Reply:
             if not stats.finish_reason:  # closed by the consumer
                 stats.finish_reason = "stopped"
                 msg.content += utf8.flush()
-            tokens.close()
+            self.sampler.close()
 
-    def _prompt_aborted(self, tokens: Iterator[int]) -> Iterator[int]:
-        """``tokens``, ending quietly when stop() aborted the prompt: the turn is then taken back."""
+    # ---- the two steps of decoding: evaluate tokens, then sample at one of their positions --------
+
+    def evaluate(self, tokens: Sequence[int]) -> None:
+        """Decode ``tokens`` after what the KV cache holds (in batches); logits come for the last one."""
+        if tokens:
+            self.chat.engine.llm.eval(tokens)
+
+    def sample_at(self, idx: int) -> int:
+        """The token drawn from output ``idx`` of the last evaluation (-1: its last token), accepted by
+        the samplers; its log-probabilities go to ``logprobs`` when they are asked for."""
+        ctx = self.chat.engine.llm._ctx.ctx
+        token = self.sampler.sample(ctx, idx)
+        if self.logprobs is not None:
+            self.logprobs.append(self.sampler.logprob(ctx, idx, token))
+        return token
+
+    def _cached_prefix(self) -> list[int]:
+        """Keep the KV cache's longest prefix of the prompt; return the prompt tokens still to evaluate
+        (at least the last one, for fresh logits, unless the cache ends exactly there already)."""
+        llm, prompt = self.chat.engine.llm, self.prompt
+        n = min(llm.n_tokens, len(prompt))
+        same = np.asarray(llm.input_ids[:n]) == np.asarray(prompt[:n], dtype=np.intc)
+        common = n if same.all() else int(np.argmin(same))
+        if common == len(prompt) == llm.n_tokens and not llm._requires_eval:
+            return []  # the logits of the last decode are those of the prompt's last token
+        keep = common - 1 if common == len(prompt) else common
+        if keep > 0 and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.n_tokens = keep
+        else:
+            llm.reset()
+            keep = 0
+        llm._requires_eval = True
+        return prompt[keep:]
+
+    def _read_prompt(self) -> bool:
+        """Evaluate the prompt's uncached tail; False when stop() aborted it (the turn is then taken back)."""
         try:
-            yield from tokens
+            self.evaluate(self._cached_prefix())
+            return True
         except RuntimeError as exc:
             if not (self._stop and "returned 2" in str(exc)):  # llama_decode: 2 = aborted
                 raise
@@ -165,6 +201,7 @@ class Reply:
             if messages and messages[-1] is self.message:  # nothing was said: forget the turn
                 del messages[-2:]
                 self.chat.start = min(self.chat.start, len(messages))
+            return False
 
     def _read_prompt_perf(self, now: float) -> None:
         """Prompt tokens llama.cpp evaluated for this turn (perf counters were reset at its start)."""

@@ -118,6 +118,7 @@ class Engine:
         self.sampling = Sampling.from_metadata(meta)
         self._active: Generation | None = None  # the reply generating on this context
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))

@@ -28,7 +28,13 @@ def reply_budget(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed."""
+    """Sampling settings for one reply; ``seed=None`` keeps the engine's seed.
+
+    ``presence_penalty``/``frequency_penalty`` (OpenAI's, -2..2) and ``repeat_penalty`` (llama.cpp's,
+    1 = off) count the reply's last 64 tokens; ``logit_bias`` is ``((token, bias), ...)``;
+    ``grammar`` is GBNF text with a rule named ``root`` (every token then keeps the text grammatical,
+    and the reply ends when the grammar is complete); ``logprobs``: None off, N = the chosen token's
+    log-probability and the N most likely (0..20) at each step, in ``Reply.logprobs``."""
 
     temp: float = 0.6
     top_p: float = 0.9
@@ -37,6 +43,11 @@ class Sampling:
     repeat_penalty: float = 1.0
     max_tokens: int | None = 1024
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None
+    logprobs: int | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> Sampling:
@@ -51,6 +62,10 @@ class Sampling:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def choices(self) -> dict[str, Any]:
+        """The settings a person picks (no grammar, bias or log-probabilities): for display."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("logit_bias", "grammar", "logprobs")}
 
 
 @dataclass
