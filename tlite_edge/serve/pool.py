@@ -9,6 +9,7 @@ when that thread has finished, so a stopped or abandoned reply never leaves a sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import threading
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 # runtime finish reason -> OpenAI finish reason
 FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
 SERVICE_EWMA = 0.2  # weight of the newest request in the average service time (for Retry-After)
+# A client's next turn can arrive while the thread of its previous reply, whose answer it has read,
+# is still closing: wait this long for that slot rather than go to another one.
+ENDING_WAIT = 1.0
 
 
 def _failure(stop: str) -> list[int]:
@@ -110,6 +114,7 @@ class Job:
         self.reply: Reply | None = None
         self._lock = threading.Lock()
         self.done = threading.Event()  # the thread has finished (the outcome is complete)
+        self.ended = False  # the answer is complete (set before the client can see its end)
         self.queue_seconds = 0.0
         self.slot = -1  # the slot it runs on
 
@@ -121,6 +126,8 @@ class Job:
                 self.reply.stop()
 
     def _emit(self, kind: str, value: object) -> None:
+        if kind in ("end", "error"):
+            self.ended = True
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
     def run(self, engine: Engine) -> None:
@@ -230,6 +237,7 @@ class Pool:
         self.jobs: set[Job] = set()
         self.service_seconds = 1.0
         self.metrics = ServeMetrics()
+        self._released = asyncio.Event()  # set (and replaced) whenever a slot is released
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
 
     @property
@@ -256,21 +264,34 @@ class Pool:
         """Take a slot (or refuse: full queue, or no slot before the deadline) and start the job."""
         t0 = time.monotonic()
         prompt = await self._prompt(req)
-        free = [slot for slot in self.slots if not slot.busy]
-        if free:
-            slot, _ = choose(free, prompt)
-            slot.busy = True
-        else:
-            slot = await self._wait(deadline)
+        slot = await self._take(prompt, deadline) or await self._wait(deadline)
         loop = asyncio.get_running_loop()
         job = Job(req, loop)
         job.queue_seconds, job.slot = time.monotonic() - t0, slot.index
+        slot.job = job
         self.jobs.add(job)
         future = loop.run_in_executor(self.executor, self._run, slot, job)
         future.add_done_callback(
             lambda f: self._release(slot, job, time.monotonic() - t0 - job.queue_seconds)
         )
         return job
+
+    async def _take(self, prompt: np.ndarray | None, deadline: float) -> Slot | None:
+        """The best free slot for ``prompt`` (None: none is free). A slot whose reply has ended but
+        whose thread is still closing counts as free: it is waited for (at most ``ENDING_WAIT``)."""
+        end = min(deadline, time.monotonic() + ENDING_WAIT)
+        while True:
+            free = [s for s in self.slots if not s.busy]
+            ending = [s for s in self.slots if s.busy and s.job is not None and s.job.ended]
+            if not free:
+                return None
+            left = end - time.monotonic()
+            slot, _ = choose(free + ending if prompt is not None and left > 0 else free, prompt)
+            if not slot.busy:
+                slot.busy = True
+                return slot
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._released.wait(), left)
 
     async def _wait(self, deadline: float) -> Slot:
         """Queue for the next slot released (it arrives busy, already ours)."""
@@ -314,9 +335,11 @@ class Pool:
         if usage is not None:
             ttft = None if first is None else job.queue_seconds + first
             self.metrics.generation(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, ttft)
-        slot.used = time.monotonic()
+        slot.used, slot.job = time.monotonic(), None
         slot.remember(self.prompt_cache, None if usage is None else usage.prompt_tokens)
         self._hand_over(slot)
+        self._released.set()
+        self._released = asyncio.Event()
 
     def _hand_over(self, slot: Slot) -> None:
         """Give a released slot to the first live waiter, else mark it free."""

@@ -18,7 +18,7 @@ conversation's cache.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from tlite_edge.serve.protocol import Request
 
 MIN_REUSE = 32  # shared prefix (tokens) worth sending a request to a slot that loses the rest of its cache
+
+
+class Running(Protocol):
+    """What a slot knows of its request (a ``pool.Job``)."""
+
+    ended: bool  # its answer is complete; the thread may still be closing
 
 
 def _empty() -> np.ndarray:
@@ -43,6 +49,7 @@ class Slot:
     held_prompt: int = 0  # how many of the cached tokens were its last request's prompt
     used: float = 0.0  # time.monotonic() of its last release; 0: never used
     busy: bool = False
+    job: Running | None = None  # the request running on it
 
     def remember(self, enabled: bool, prompt_tokens: int | None) -> None:
         """Note what the KV cache holds now, after a request with a prompt of ``prompt_tokens`` (None:
