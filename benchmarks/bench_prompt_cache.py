@@ -180,8 +180,9 @@ def main() -> int:
         f"TTFT turn 5 / turn 1 (median of per-conversation ratios): cache **{ratios['cache']:.2f}**, "
         f"no cache {ratios['no cache']:.2f}. With the cache every later turn evaluated exactly its new "
         f"tokens: **{exact}**. Greedy answers equal with and without the cache for the first "
-        f"{equal_turns} turns of each conversation (of {len(QUESTIONS)}; llama.cpp's logits differ in "
-        "the last bits between a batched prompt and one-token decodes, which can flip a greedy choice)."
+        f"{equal_turns} turns of each conversation (of {len(QUESTIONS)}; llama.cpp's logits differ "
+        "between a token evaluated in a prompt batch and in a one-token decode, which flips greedy choices "
+        "here; see docs/serve.md)."
     )
     slots = {n: sorted({t["slot"] for t in turns}) for n, turns in pair.items()}
     evaluated = {n: [t["prompt"] - t["cached"] for t in turns] for n, turns in pair.items()}
