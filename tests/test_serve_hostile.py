@@ -377,13 +377,15 @@ def test_stop_matcher_linear() -> None:
 
 
 REFUSED = {
-    "top_logprobs": 5,
+    "top_logprobs": 5,  # without logprobs: true
     "tool_choice": "auto",
-    "parallel_tool_calls": True,
-    "logprobs": True,
-    "presence_penalty": 0.5,
+    "function_call": "auto",
+    "logprobs": 3,  # chat takes true/false (the count goes in top_logprobs)
+    "presence_penalty": 2.5,
+    "frequency_penalty": -3,
+    "logit_bias": {"12": 101},
+    "response_format": {"type": "yaml"},
     "min_tokens": 3,
-    "repeat_penalty": 1.1,  # llama.cpp's name: the OpenAI-style one is repetition_penalty
 }
 
 
@@ -413,12 +415,14 @@ def test_sampling_fields_reach_the_sampler(bf16_gguf: Path, kind: str) -> None:
     from tlite_edge.serve.protocol import parse_request
 
     fields = {"top_k": 5, "repetition_penalty": 1.3, "top_p": 0.5, "temperature": 0.7, "seed": 9}
+    fields |= {"presence_penalty": -0.5, "frequency_penalty": 1.5, "logit_bias": {"42": -7}}
     data = chat(**fields) if kind == "chat" else {"model": MODEL, "prompt": "x", "max_tokens": 4, **fields}
     engine = Engine.load(bf16_gguf, ctx=256, threads=1)
     try:
         reply = start_reply(engine, parse_request(kind, data, 8))
         s = reply.sampling
         assert (s.top_k, s.repeat_penalty, s.top_p, s.temp, s.seed) == (5, 1.3, 0.5, 0.7, 9)
+        assert (s.presence_penalty, s.frequency_penalty, s.logit_bias) == (-0.5, 1.5, ((42, -7.0),))
         reply.close()
     finally:
         engine.close()

@@ -32,8 +32,10 @@ def convert(
     chat_template: str | Path | None = None,
     verify: bool = True,
 ) -> ConvertResult:
-    """A Hub id or local Hugging Face folder -> one GGUF (BF16 by default), proved against its tokenizer."""
+    """A Hub id or local Hugging Face folder -> one GGUF (BF16 by default), proved against its tokenizer;
+    a known model's data file (``models/``) is applied when SOURCE names one."""
     from tlite_edge.gguf_build.build import convert as build
+    from tlite_edge.known_models import find_model
     from tlite_edge.source import resolve_source
 
     folder, default_name = resolve_source(str(source), revision)
@@ -45,6 +47,7 @@ def convert(
         out_dir=Path(out_dir) if out_dir is not None else None,
         chat_template=Path(chat_template) if chat_template is not None else None,
         verify=verify,
+        known=find_model(str(source)),
     )
 
 

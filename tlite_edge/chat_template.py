@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
+import json
 import re
 import sys
 import time
@@ -12,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 import jinja2
+import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tlite_edge.errors import TliteError
@@ -54,6 +58,21 @@ def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
+    """``transformers``' ``tojson``: plain ``json.dumps`` (not jinja's HTML-safe one), non-ASCII kept."""
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return dt.datetime.now().strftime(fmt)
+
+
 class TemplateLimit(SecurityError):
     """A template went past a rendering bound (time, output or size)."""
 
@@ -77,6 +96,9 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.globals.pop("lipsum", None)
+        # what transformers' apply_chat_template adds to jinja
+        self.filters["tojson"] = _bounded_filter("tojson", _tojson)
+        self.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
         for name in ("center", "indent", "wordwrap", "truncate", "format", "batch", "slice"):
             self.filters[name] = _bounded_filter(name, self.filters[name])
 
@@ -152,25 +174,34 @@ def bounded_output(chunks: Iterator[str]) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=8)
+def compile_template(template: str) -> jinja2.Template:
+    """The template compiled in the bounded sandbox with ``transformers``' settings (trim/lstrip blocks,
+    loop controls, ``tojson``, ``raise_exception``, ``strftime_now``); compiled once per text."""
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    return env.from_string(template)
+
+
 def render(
     template: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     *,
     add_generation_prompt: bool,
     bos_token: str = "<|begin_of_text|>",
     eos_token: str = "<|eot_id|>",
+    **variables: Any,
 ) -> str:
     """Render like ``transformers``' ``apply_chat_template`` (sandboxed, trim/lstrip blocks), bounded
-    in time, output and memory; a template that breaks a bound raises ``TemplateLimit``."""
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise
+    in time, output and memory; a template that breaks a bound raises ``TemplateLimit``. ``variables``
+    are further template variables (``tools``, ``enable_thinking``, ...)."""
     with time_limit():
         return bounded_output(
-            env.from_string(template).generate(
+            compile_template(template).generate(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=bos_token,
                 eos_token=eos_token,
+                **variables,
             )
         )
 

@@ -15,7 +15,7 @@ from tlite_edge.errors import TliteError
 # verb -> module under tlite_edge.commands
 VERBS = (
     "convert", "quantize", "imatrix", "inspect", "run", "chat", "serve", "bench", "doctor", "eval", "demo",
-    "export", "release",
+    "export", "release", "worker",
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,8 +95,47 @@ def run_levels(
         )
 
 
+def add_rpc_arguments(p: argparse.ArgumentParser) -> None:
+    """``--rpc`` and ``--tensor-split``: spread the layers over llama.cpp RPC workers (run, chat, serve,
+    bench, doctor)."""
+    p.add_argument(
+        "--rpc",
+        metavar="HOST:PORT[,...]",
+        help="llama.cpp RPC workers (tlite-edge worker) that hold part of the layers",
+    )
+    p.add_argument(
+        "--tensor-split",
+        metavar="A,B[,LOCAL]",
+        help="share of the layers per worker, then this machine's (default: by free memory)",
+    )
+
+
+def rpc_endpoints(args: argparse.Namespace) -> list:
+    """The workers of ``--rpc`` (none without it); a lost worker ends the process with one line."""
+    if getattr(args, "tensor_split", None) and not getattr(args, "rpc", None):
+        raise TliteError(None, "--tensor-split needs --rpc")
+    if not getattr(args, "rpc", None):
+        return []
+    from tlite_edge.runtime.rpc import parse_endpoints, reachable
+    from tlite_edge.runtime.rpc_ggml import on_abort
+
+    endpoints = parse_endpoints(args.rpc)
+
+    def lost(message: str) -> None:
+        down = [str(e) for e in endpoints if not reachable(e, 0.5)] or ["?"]
+        print(
+            f"tlite-edge {args.verb}: error: lost the RPC worker {', '.join(down)} "
+            f"(llama.cpp: {message.rpartition(': ')[2] or message}); the reply is incomplete",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    on_abort(lost)
+    return endpoints
+
+
 def add_session_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by run and chat: system message, sampling, context and threads."""
+    """Options shared by run and chat: system message, sampling, context, threads and RPC workers."""
     p.add_argument("--system", help="system message")
     p.add_argument("--temp", type=float, help="temperature (0 = greedy; default from the GGUF or 0.6)")
     p.add_argument("--top-p", type=float, help="nucleus sampling (default from the GGUF or 0.9)")
@@ -103,6 +143,13 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="longest reply in tokens (default 1024)")
     p.add_argument("--ctx", type=int, help="context length (default: the model's, reduced if RAM is short)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument(
+        "--think",
+        action=argparse.BooleanOptionalAction,
+        help="thinking on/off for models whose template has the switch (Qwen3); default: the template's",
+    )
+    p.add_argument("--hide-thinking", action="store_true", help="do not show the model's thinking")
+    add_rpc_arguments(p)
 
 
 MIN_CTX = 64  # a chat prompt (template and a short message) and a few reply tokens
@@ -133,4 +180,7 @@ def load_engine(args: argparse.Namespace) -> Engine:
     from tlite_edge.runtime.engine import Engine  # heavy import, only for the verbs that run a model
 
     seed = llama_cpp.LLAMA_DEFAULT_SEED if args.seed is None else args.seed
-    return Engine.load(args.model, ctx=args.ctx, threads=args.threads, seed=seed)
+    rpc = rpc_endpoints(args)
+    return Engine.load(
+        args.model, ctx=args.ctx, threads=args.threads, seed=seed, rpc=rpc, tensor_split=args.tensor_split
+    )

@@ -41,30 +41,34 @@ def run(args: argparse.Namespace) -> int:
     )
     from tlite_edge.runtime import Chat
 
-    chat = Chat(engine, system=args.system, sampling=sampling)
+    chat = Chat(engine, system=args.system, sampling=sampling, think=args.think)
     if interactive:
         from rich.console import Console
 
         from tlite_edge.tui.session import ChatSession
         from tlite_edge.tui.terminal import interact
 
-        return interact(ChatSession(engine, chat, Console(highlight=False), show_stats=args.verbose))
-    return _plain(engine.warnings, chat, text, args.verbose)
+        session = ChatSession(engine, chat, Console(highlight=False), show_stats=args.verbose)
+        session.hide_thinking = args.hide_thinking
+        return interact(session)
+    return _plain(engine.warnings, chat, text, args)
 
 
-def _plain(warnings: list[str], chat: Chat, text: str, verbose: bool) -> int:
+def _plain(warnings: list[str], chat: Chat, text: str, args: argparse.Namespace) -> int:
     from tlite_edge.tui.session import stats_line
 
-    for warning in warnings:
+    for warning in [*warnings, *chat.notices]:
         print(f"tlite-edge chat: warning: {warning}", file=sys.stderr)
     reply = chat.send(text)
-    for piece in reply:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    for part in reply.parts():  # the thinking to stderr (unless hidden), the answer to stdout
+        out = sys.stdout if part.kind == "content" else sys.stderr
+        if part.kind == "content" or (part.kind == "reasoning" and not args.hide_thinking):
+            out.write(part.text)
+            out.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     for notice in reply.stats.notices:
         print(f"tlite-edge chat: {notice}", file=sys.stderr)
-    if verbose:
+    if args.verbose:
         print(f"[{stats_line(reply.stats)}]", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tlite_edge.commands._options import add_rpc_arguments
 from tlite_edge.serve.server import API_KEY_ENV, ServerConfig, serve
 
 D = ServerConfig(Path("MODEL.gguf"))  # the defaults
@@ -70,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="evaluate every prompt whole: no slot affinity, each slot's KV cache cleared per request",
     )
+    add_rpc_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -96,5 +98,7 @@ def run(args: argparse.Namespace) -> int:
             keep_alive=args.keep_alive,
             max_client_connections=args.max_client_connections,
             prompt_cache=args.prompt_cache,
+            rpc=tuple(args.rpc.split(",")) if args.rpc else (),
+            tensor_split=args.tensor_split,
         )
     )

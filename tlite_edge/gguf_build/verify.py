@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +132,10 @@ def _ids(ids: list[int]) -> str:
     return f"[{shown}{', …' if len(ids) > MAX_SHOWN else ''}]"
 
 
-def tokenizer_parity(llm: VocabOnly, tokenizer_json: Path, origin: Path) -> Parity:
-    """llama.cpp ids == HF ``tokenizers`` ids over the probe set (special markers typed as text)."""
+@functools.lru_cache(maxsize=2)
+def _reference(tokenizer_json: Path, mtime_ns: int) -> tuple[list[str], list[list[int]], str]:
+    """The probe strings, HF ``tokenizers`` ids and pre-tokenizer label of a tokenizer.json (the same
+    for every level written from one checkpoint, so computed once)."""
     from tokenizers import Tokenizer
 
     from tlite_edge.gguf_build.probes import probe_strings
@@ -141,15 +144,21 @@ def tokenizer_parity(llm: VocabOnly, tokenizer_json: Path, origin: Path) -> Pari
     hf = Tokenizer.from_file(str(tokenizer_json))
     hf.encode_special_tokens = True  # like llama.cpp's special=False: user text never forges a marker
     probes = probe_strings(tok, hf)
-    label = detect_pre_tokenizer(tok, tokenizer_json)
+    ids = [e.ids for e in hf.encode_batch(probes, add_special_tokens=False)]
+    return probes, ids, detect_pre_tokenizer(tok, tokenizer_json)
+
+
+def tokenizer_parity(llm: VocabOnly, tokenizer_json: Path, origin: Path) -> Parity:
+    """llama.cpp ids == HF ``tokenizers`` ids over the probe set (special markers typed as text)."""
+    probes, ref_ids, label = _reference(tokenizer_json, tokenizer_json.stat().st_mtime_ns)
     written = llm.meta(Keys.Tokenizer.PRE)
-    for text, ref in zip(probes, hf.encode_batch(probes, add_special_tokens=False), strict=True):
+    for text, ref in zip(probes, ref_ids, strict=True):
         ours = llm.tokenize(text, add_bos=False)
-        if ours != ref.ids:
+        if ours != ref:
             raise TliteError(
                 origin,
                 f"tokenizer parity failed (pre-tokenizer {written!r}, the source needs {label!r}): "
-                f"{text[:60]!r} -> llama.cpp {_ids(ours)} vs HF tokenizers {_ids(ref.ids)}; no file written",
+                f"{text[:60]!r} -> llama.cpp {_ids(ours)} vs HF tokenizers {_ids(ref)}; no file written",
             )
     if llm.add_bos and llm.bos >= 0:
         first = llm.tokenize("Привет", add_bos=True)
@@ -191,12 +200,34 @@ def template_parity(llm: VocabOnly, template: str, bos: str, eos: str, origin: P
     )
 
 
+def end_of_generation(llm: VocabOnly, tokens: tuple[tuple[str, int], ...], origin: Path) -> Parity:
+    """llama.cpp holds each (text, id) of ``tokens`` (a model data file's list) and ends generation there."""
+    for text, token in tokens:
+        if llm.text(token) != text or not llm.lib.llama_vocab_is_eog(llm.vocab, token):
+            raise TliteError(
+                origin,
+                f"end of generation: llama.cpp does not stop at {text!r} (id {token}); no file written",
+            )
+    texts = ", ".join(text for text, _ in tokens)
+    return Parity("end-of-generation", len(tokens), len(tokens), texts)
+
+
 def verify_gguf(
-    gguf: Path, origin: Path, tokenizer_json: Path, template: str | None = None, bos: str = "", eos: str = ""
+    gguf: Path,
+    origin: Path,
+    tokenizer_json: Path,
+    template: str | None = None,
+    bos: str = "",
+    eos: str = "",
+    *,
+    eog: tuple[tuple[str, int], ...] = (),
 ) -> list[Parity]:
-    """Run the parity checks on ``gguf`` (e.g. a temporary file before it is renamed into place)."""
+    """Run the parity checks on ``gguf`` (e.g. a temporary file before it is renamed into place); with
+    ``eog``, also that llama.cpp ends generation at each of those tokens."""
     with vocab_only(gguf, origin) as llm:
         results = [tokenizer_parity(llm, tokenizer_json, origin)]
         if template is not None:
             results.append(template_parity(llm, template, bos, eos, origin))
+        if eog:
+            results.append(end_of_generation(llm, eog, origin))
     return results

@@ -145,11 +145,14 @@ def read_imatrix(path: str | Path) -> Imatrix:
     )
 
 
-ModelRef = str | Path | GGUFReader
+# a GGUF file or reader, or (label, tensor name -> ne) of a model not written yet
+ModelRef = str | Path | GGUFReader | tuple[str, dict[str, tuple[int, ...]]]
 
 
 def gguf_dims(model: ModelRef) -> tuple[str, dict[str, tuple[int, ...]]]:
     """A model's name for messages and its tensors' ``ne`` (4 dims, ne0 first)."""
+    if isinstance(model, tuple):
+        return model
     if isinstance(model, GGUFReader):
         label = Path(str(getattr(model.data, "filename", None) or "model")).name
         return label, {

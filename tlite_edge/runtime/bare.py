@@ -24,6 +24,7 @@ class BareRun:
     generated_tokens: int  # decoded after the first token
     generation_seconds: float
     tokens: list[int] = field(default_factory=list)  # the greedy tokens sampled
+    decode_seconds: float = 0.0  # of generation_seconds, llama.cpp's time in llama_decode (perf counters)
 
     @property
     def pp_tok_s(self) -> float:
@@ -84,11 +85,14 @@ class BareLlama:
             self._decode(prompt[i : i + self.n_batch], i)
         tokens = [llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)]
         t1 = time.perf_counter()
+        llama_cpp.llama_perf_context_reset(self.ctx)
         for pos in range(len(prompt), len(prompt) + n_gen):
             self._decode(tokens[-1:], pos)
             tokens.append(llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1))
         t2 = time.perf_counter()
-        return BareRun(len(prompt), t1 - t0, n_gen, t2 - t1, tokens)
+        perf = llama_cpp.llama_perf_context(self.ctx)
+        decode = perf.t_eval_ms / 1000 if perf.n_eval > 0 else 0.0
+        return BareRun(len(prompt), t1 - t0, n_gen, t2 - t1, tokens, decode)
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self.sampler)

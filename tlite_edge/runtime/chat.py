@@ -2,14 +2,15 @@
 
 ``Chat(engine, system=..., sampling=...)`` starts one. ``Chat.send(text)`` returns a ``Reply``:
 iterate it for text pieces (whole UTF-8 characters), call ``reply.stop()`` (or just stop iterating)
-to end it early; the history keeps what was said. Each turn evaluates only the prompt tokens the KV
-cache does not already hold (longest common prefix); ``reply.stats`` counts them. Tokens come from
-llama.cpp's sampler chain (``runtime.sampler``): evaluate, sample at a position, repeat.
+to end it early; the history keeps what was said. ``reply.parts()`` tags the pieces as thinking,
+answer or tool calls (``think=`` and ``tools=`` of ``Chat``; see ``parts`` and ``tools``). Each turn
+evaluates only the prompt tokens the KV cache does not already hold (longest common prefix);
+``reply.stats`` counts them. Tokens come from llama.cpp's sampler chain (``runtime.sampler``):
+evaluate, sample at a position, repeat.
 """
 
 from __future__ import annotations
 
-import codecs
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,10 @@ import llama_cpp
 import numpy as np
 
 from tlite_edge.errors import TliteError
+from tlite_edge.runtime.parts import Part, ReplyParser, Utf8Stream
+from tlite_edge.runtime.prompt import Prompt, check_tool_text
 from tlite_edge.runtime.sampler import Sampler, TokenLogprob
+from tlite_edge.runtime.tools import AUTO, NONE, check_tools, forced_grammar, forced_name
 from tlite_edge.runtime.types import Message, ReplyStats, Sampling, reply_budget
 
 if TYPE_CHECKING:
@@ -31,35 +35,28 @@ RESERVE_SHARE = 4  # with max_tokens=None, keep n_ctx // 4 free for the reply (n
 SLACK_SHARE = 4
 
 
-class Utf8Stream:
-    """Token bytes in, whole characters out: a Cyrillic letter split over two tokens comes out once."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, data: bytes) -> str:
-        return self._decoder.decode(data)
-
-    @property
-    def pending(self) -> bool:
-        """Whether a character is half-way (its first bytes fed, not yet output)."""
-        return bool(self._decoder.getstate()[0])
-
-    def flush(self) -> str:
-        """What is left at the end (an incomplete character becomes U+FFFD)."""
-        return self._decoder.decode(b"", final=True)
-
-
 class Reply:
-    """A streamed assistant reply. Iterate for text pieces; ``stop()`` ends it after the current piece."""
+    """A streamed assistant reply. Iterate for the answer's text pieces (``parts()`` for thinking and
+    tool calls as well); ``stop()`` ends it after the current piece."""
 
-    def __init__(self, chat: Chat, prompt: list[int], max_tokens: int, sampling: Sampling, t0: float):
+    def __init__(
+        self,
+        chat: Chat,
+        prompt: list[int],
+        max_tokens: int,
+        sampling: Sampling,
+        t0: float,
+        parser: ReplyParser | None = None,
+    ):
         self.chat = chat
         self.prompt = prompt
         self.sampling = sampling
         self.max_tokens = max_tokens
-        self.message = Message("assistant", "", [])
+        self.raw = Message("assistant", "", [])  # the text as generated, tags and all
+        self.message = Message("assistant", "", self.raw.tokens)  # what the history keeps
         self.stats = ReplyStats(prompt_tokens=len(prompt))
+        self.parser = parser
+        self.single_call = False  # stop after the first tool call (parallel_tool_calls=False)
         self._t0 = t0
         self._stop = False
         engine = chat.engine
@@ -67,17 +64,35 @@ class Reply:
         self.sampler = Sampler(engine.vocab, engine.n_vocab, sampling, seed)
         # one entry per reply token (``message.tokens``) when sampling.logprobs is set
         self.logprobs: list[TokenLogprob] | None = [] if sampling.logprobs is not None else None
-        self._gen = self._run()
+        self._gen = self._parse()
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
-        return next(self._gen)
+        while True:
+            part = next(self._gen)
+            if part.kind == "content":
+                return part.text
+
+    def parts(self) -> Iterator[Part]:
+        """The reply as tagged pieces: "reasoning", "content", and "tool_call" (an OpenAI call)."""
+        return self._gen
 
     @property
     def text(self) -> str:
+        """The answer (without the thinking and the tool-call blocks)."""
         return self.message.content
+
+    @property
+    def reasoning(self) -> str:
+        """The thinking (``<think>`` block) of the reply; empty when there was none."""
+        return self.message.reasoning or ""
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls in OpenAI's shape (``id``, ``type``, ``function.name``/``arguments``)."""
+        return self.message.tool_calls or []
 
     @property
     def done(self) -> bool:
@@ -94,13 +109,40 @@ class Reply:
         self.stats.finish_reason = self.stats.finish_reason or "stopped"
 
     def result(self) -> str:
-        """Run to the end and return the whole text."""
-        for _ in self:
+        """Run to the end and return the answer."""
+        for _ in self._gen:
             pass
         return self.text
 
+    def _parse(self) -> Iterator[Part]:
+        """The generated text through the parser (if any), recorded in ``message`` as it goes."""
+        run = self._run()
+        try:
+            for raw in run:
+                for part in self.parser.feed(raw) if self.parser else [Part("content", raw)]:
+                    self._record(part)
+                    yield part
+                    if part.kind == "tool_call" and self.single_call:
+                        self.stop()
+            for part in self.parser.flush() if self.parser else []:
+                self._record(part)
+                yield part
+        finally:
+            run.close()
+            for part in self.parser.flush() if self.parser else []:  # closed early: keep what was held
+                self._record(part)
+
+    def _record(self, part: Part) -> None:
+        msg = self.message
+        if part.kind == "content":
+            msg.content += part.text
+        elif part.kind == "reasoning":
+            msg.reasoning = (msg.reasoning or "") + part.text
+        elif part.call is not None:
+            msg.tool_calls = [*(msg.tool_calls or []), part.call]
+
     def _run(self) -> Iterator[str]:
-        engine, stats, msg = self.chat.engine, self.stats, self.message
+        engine, stats, msg = self.chat.engine, self.stats, self.raw
         ctx = engine.llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
         utf8 = Utf8Stream()
@@ -218,26 +260,79 @@ class Chat:
     """One conversation: a system message, the turns, and the window of them that fits the context."""
 
     def __init__(
-        self, engine: Engine, *, system: str | None = None, sampling: Sampling | None = None
+        self,
+        engine: Engine,
+        *,
+        system: str | None = None,
+        sampling: Sampling | None = None,
+        think: bool | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] = AUTO,
+        parallel_tool_calls: bool = True,
     ) -> None:
         """A new conversation on ``engine`` (conversations on one engine share its KV cache by
-        prefix); ``sampling`` defaults to the engine's (the GGUF's own ``general.sampling.*``)."""
+        prefix); ``sampling`` defaults to the engine's (the GGUF's own ``general.sampling.*``).
+
+        ``think``: the template's ``enable_thinking`` (None: its default; a template without the
+        switch ignores it, with a line in ``notices``). ``tools``: OpenAI function tools for the
+        template (a template that does not take tools is a TliteError); ``tool_choice`` "auto",
+        "none", "required" or ``{"type": "function", "function": {"name": ...}}`` (forced by a grammar).
+        """
         self.engine = engine
         self.sampling = sampling or engine.sampling
         self.messages: list[Message] = [Message("system", system)] if system else []
         self.start = len(self.messages)  # first message still in the model's window (after system)
         self.reply: Reply | None = None
+        self.notices: list[str] = []
+        self.think = think
+        if think is not None and not engine.caps.thinking:
+            self.notices.append("this model's chat template has no thinking switch: think setting ignored")
+        self.tools = check_tools(list(tools)) if tools else []
+        self.forced = forced_name(tool_choice, self.tools)
+        self.tool_choice, self.parallel_tool_calls = tool_choice, parallel_tool_calls
+        if self.tools and tool_choice != NONE:
+            if not engine.caps.tools:
+                raise TliteError(engine.settings.path, "this model's chat template does not take tools")
+            check_tool_text(engine, self.tools)
 
     @classmethod
     def from_messages(
-        cls, engine: Engine, messages: list[dict[str, str]], sampling: Sampling | None = None
+        cls,
+        engine: Engine,
+        messages: Sequence[dict[str, Any]],
+        sampling: Sampling | None = None,
+        **options: Any,
     ) -> Chat:
-        """A chat that continues an existing transcript (e.g. a server's request minus its last turn)."""
-        msgs = [Message(m["role"], m["content"]) for m in messages]
+        """A chat that continues an existing transcript in OpenAI's shape (``respond()`` answers it);
+        ``options`` are ``Chat``'s (think, tools, tool_choice, parallel_tool_calls)."""
+        msgs = [Message.from_dict(m) for m in messages]
         system = msgs[0].content if msgs and msgs[0].role == "system" else None
-        chat = cls(engine, system=system, sampling=sampling)
+        chat = cls(engine, system=system, sampling=sampling, **options)
         chat.messages += msgs[1:] if system is not None else msgs
         return chat
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != NONE
+
+    def template_options(self) -> dict[str, Any]:
+        """What the template gets besides the messages: tools and the thinking switch. A forced
+        tool call renders with thinking off (its grammar has no room for a think block)."""
+        think = self.think if self.engine.caps.thinking else None
+        if self.uses_tools and self.tool_choice != AUTO and self.engine.caps.thinking:
+            think = False
+        return {"tools": self.tools if self.uses_tools else None, "think": think}
+
+    def _parser(self, prompt: Prompt) -> ReplyParser | None:
+        caps = self.engine.caps
+        if not (caps.reasoning or self.uses_tools):
+            return None
+        return ReplyParser(reasoning=caps.reasoning, in_think=prompt.opens_think, tools=self.uses_tools)
+
+    def _grammar(self) -> str | None:
+        if not self.uses_tools or self.tool_choice == AUTO:
+            return None
+        return forced_grammar(self.tools, self.forced, self.parallel_tool_calls)
 
     @property
     def system(self) -> Message | None:
@@ -248,24 +343,42 @@ class Chat:
         head = [self.system] if self.system else []
         return head + self.messages[self.start :]
 
-    def prompt_for(self, text: str) -> list[int]:
-        """The prompt ids the next ``send(text)`` would evaluate (before any overflow handling)."""
-        return self.engine.prompt_tokens([*self.window(), Message("user", text)])
+    def prompt_for(self, text: str | None) -> list[int]:
+        """The prompt ids the next ``send(text)`` (None: ``respond()``) would evaluate (before any
+        overflow handling)."""
+        new = [Message("user", text)] if text is not None else []
+        return self.engine.prompt_tokens([*self.window(), *new], **self.template_options())
 
     def send(self, text: str, **sampling: Any) -> Reply:
         """Add a user turn and start the reply; ``sampling`` overrides fields of ``Sampling``."""
+        return self._reply([Message("user", text)], sampling)
+
+    def add_tool_result(self, content: str, tool_call_id: str | None = None) -> None:
+        """A ``tool`` message: what a call of the last reply returned (then ``respond()``)."""
+        self.messages.append(Message("tool", content, tool_call_id=tool_call_id))
+
+    def respond(self, **sampling: Any) -> Reply:
+        """Answer the transcript as it stands (its last message is the user's or a tool result)."""
+        if not self.messages or self.messages[-1].role not in ("user", "tool"):
+            raise TliteError(None, "nothing to answer: the last message is not from the user or a tool")
+        return self._reply([], sampling)
+
+    def _reply(self, new: list[Message], sampling: dict[str, Any]) -> Reply:
         t0 = time.perf_counter()
         self.engine.claim()  # one generation at a time per llama.cpp context
         s = self.sampling.with_(**sampling)
+        grammar = self._grammar()
+        if grammar is not None:
+            s = s.with_(grammar=grammar)
         n_ctx = self.engine.n_ctx
         reserve = min(s.max_tokens or n_ctx // RESERVE_SHARE, n_ctx // 2)
-        user = Message("user", text)
-        start, prompt = self._fit(user, reserve)
+        start, prompt = self._fit(new, reserve)
         dropped = start - self.start
-        limit = reply_budget(n_ctx, len(prompt), s.max_tokens)
+        limit = reply_budget(n_ctx, len(prompt.ids), s.max_tokens)
         self.start = start
-        self.messages.append(user)
-        reply = Reply(self, prompt, limit, s, t0)
+        self.messages += new
+        reply = Reply(self, prompt.ids, limit, s, t0, self._parser(prompt))
+        reply.single_call = self.uses_tools and not self.parallel_tool_calls
         self.messages.append(reply.message)
         reply.stats.dropped_messages = dropped
         if dropped:
@@ -293,18 +406,26 @@ class Chat:
         self.engine.claim(reply)
         return reply
 
-    def _fit(self, user: Message, reserve: int) -> tuple[int, list[int]]:
-        """First kept message and the prompt, oldest turns dropped until ``reserve`` tokens stay free."""
+    def _fit(self, new: list[Message], reserve: int) -> tuple[int, Prompt]:
+        """First kept message and the prompt, oldest turns dropped until ``reserve`` tokens stay free
+        (never the turn being answered)."""
         n_ctx, head = self.engine.n_ctx, [self.system] if self.system else []
+        options = self.template_options()
+        users = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        last = len(self.messages) if new or not users else users[-1]  # the current turn starts here
         start = self.start
-        prompt = self.engine.prompt_tokens([*head, *self.messages[start:], user])
-        slack = n_ctx // SLACK_SHARE if len(prompt) + reserve > n_ctx else 0
-        while len(prompt) + reserve + slack > n_ctx and start < len(self.messages):
-            start = self._next_turn(start)
-            prompt = self.engine.prompt_tokens([*head, *self.messages[start:], user])
-        if len(prompt) >= n_ctx:
+
+        def build() -> Prompt:
+            return self.engine.prompt([*head, *self.messages[start:], *new], **options)
+
+        prompt = build()
+        slack = n_ctx // SLACK_SHARE if len(prompt.ids) + reserve > n_ctx else 0
+        while len(prompt.ids) + reserve + slack > n_ctx and start < last:
+            start = min(self._next_turn(start), last)
+            prompt = build()
+        if len(prompt.ids) >= n_ctx:
             raise TliteError(
-                None, f"message too long: the prompt is {len(prompt)} tokens, the context {n_ctx}"
+                None, f"message too long: the prompt is {len(prompt.ids)} tokens, the context {n_ctx}"
             )
         return start, prompt
 

@@ -9,9 +9,9 @@ contents are tokenized as plain text: typing ``<|eot_id|>`` cannot end a turn.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +19,22 @@ from typing import Any
 import jinja2
 import llama_cpp
 from gguf import Keys
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from tlite_edge.chat_template import check_size, template_failure, time_limit
+from tlite_edge.chat_template import check_size, compile_template, render, template_failure
 from tlite_edge.errors import TliteError
 from tlite_edge.gguf.keys import GGML_TOKENIZER_PREFIX
 from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fits, ram_needed, recommend
 from tlite_edge.runtime.hardware import Hardware, probe
+from tlite_edge.runtime.prompt import Prompt, TemplateCaps, build_prompt, template_caps
+from tlite_edge.runtime.rpc import Endpoint, parse_endpoint
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
+# Flash attention on by default, as llama.cpp's own tools resolve their "auto" on CPU, CUDA and Metal:
+# on the 2-core CPU, pp 2.3x faster, tg not slower in the medians (BENCHMARKS.md, flash attention section).
+FLASH_ATTN_DEFAULT = True
 GIB = 2**30
-# How the template may transform a message's content before printing it (Llama-3: ``| trim``).
-CONTENT_TRANSFORMS: tuple[Callable[[str], str], ...] = (lambda s: s, str.strip)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class EngineSettings:
     n_ctx_train: int
     threads: int
     gpu_layers: int
+    flash_attn: bool
     mmap: bool
     seed: int
     model_bytes: int
@@ -52,6 +55,8 @@ class EngineSettings:
     memory_available: int
     memory_kind: str  # "RAM" or the GPU device the weights go to
     warnings: list[str] = field(default_factory=list)
+    rpc: list[str] = field(default_factory=list)  # the RPC workers holding layers
+    rpc_layers: int = 0  # layers (of n_layer + output) on them
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +112,26 @@ def _size_warning(header: GGUFHeader, weights: int, n_params: int, ctx: int, bud
     return msg
 
 
+def _rpc_split(
+    meta: dict[str, Any], hw: Hardware, rpc: Sequence[Endpoint], tensor_split: str | None
+) -> tuple[int, list[float], int, str]:
+    """Register the workers; (layers they take, per-device shares, memory of the pool, its name)."""
+    from tlite_edge.runtime.rpc import layer_split, parse_tensor_split
+    from tlite_edge.runtime.rpc_ggml import register_workers
+
+    given = parse_tensor_split(tensor_split, len(rpc)) if tensor_split else None
+    workers = register_workers(rpc)
+    if given:
+        shares, local = given
+    else:
+        shares, local = [float(w.free) for w in workers], float(hw.ram_available)
+    n_layers = int(meta[Keys.LLM.BLOCK_COUNT.format(arch=meta[Keys.General.ARCHITECTURE])])
+    offloaded, _ = layer_split(n_layers, shares, local)
+    per_device = [s / len(w.devices) for w, s in zip(workers, shares, strict=True) for _ in w.devices]
+    budget = hw.ram_available + sum(w.free for w in workers)
+    return offloaded, per_device, budget, f"RAM + {len(workers)} RPC worker(s)"
+
+
 class Engine:
     """One llama.cpp model and context. Not thread-safe: one reply at a time per engine."""
 
@@ -122,12 +147,12 @@ class Engine:
         self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self.formatter = Jinja2ChatFormatter(
-            template=meta[Keys.Tokenizer.CHAT_TEMPLATE],
-            eos_token=self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab))),
-            bos_token=self.token_text(self.bos),
-            add_generation_prompt=True,
-        )
+        self.template: str = meta[Keys.Tokenizer.CHAT_TEMPLATE]
+        self.template_tokens = {
+            "bos_token": self.token_text(self.bos),
+            "eos_token": self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab))),
+        }
+        compile_template(self.template)  # a template that does not compile fails the load
 
     @property
     def warnings(self) -> list[str]:
@@ -145,11 +170,17 @@ class Engine:
         ctx: int | None = None,
         threads: int | None = None,
         gpu: bool | int | None = None,
+        flash_attn: bool = FLASH_ATTN_DEFAULT,
         seed: int = llama_cpp.LLAMA_DEFAULT_SEED,
         verbose: bool = False,
         hardware: Hardware | None = None,
+        rpc: Sequence[Endpoint | str] = (),
+        tensor_split: str | None = None,
     ) -> Engine:
-        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers."""
+        """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers.
+        ``flash_attn``: llama.cpp's flash attention kernels (on by default). ``rpc``: llama.cpp RPC
+        workers that take a share of the layers (``tensor_split``: "A,B[,LOCAL]" shares; default: in
+        proportion to each one's free memory)."""
         header = check_model(path)
         meta = {k: v for k, v in header.kv.items() if not k.startswith(GGML_TOKENIZER_PREFIX)}
         meta[Keys.Tokenizer.CHAT_TEMPLATE] = header.kv.get(Keys.Tokenizer.CHAT_TEMPLATE)
@@ -161,6 +192,10 @@ class Engine:
         n_params = sum(math.prod(dims) for _, dims, _ in header.tensors)
         gpu_layers = _gpu_layers(gpu, hw, warnings)
         budget, kind = _memory_budget(hw, gpu_layers)
+        split: list[float] | None = None
+        rpc = [e if isinstance(e, Endpoint) else parse_endpoint(e) for e in rpc]
+        if rpc:
+            gpu_layers, split, budget, kind = _rpc_split(meta, hw, rpc, tensor_split)
         train_ctx = model_context(meta)
         if ctx is None:
             ctx = context_for_memory(weights, meta, train_ctx, budget) if budget else train_ctx
@@ -179,9 +214,11 @@ class Engine:
                 n_threads=threads,
                 n_threads_batch=threads,
                 n_gpu_layers=gpu_layers,
+                flash_attn=flash_attn,
                 use_mmap=True,
                 seed=seed,
                 verbose=verbose,
+                tensor_split=split,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise TliteError(path, f"llama.cpp could not load the model ({exc})") from None
@@ -195,6 +232,7 @@ class Engine:
             n_ctx_train=train_ctx,
             threads=threads,
             gpu_layers=gpu_layers,
+            flash_attn=flash_attn,
             mmap=True,
             seed=seed,
             model_bytes=weights,
@@ -202,6 +240,8 @@ class Engine:
             memory_available=budget,
             memory_kind=kind,
             warnings=warnings,
+            rpc=[str(e) for e in rpc],
+            rpc_layers=gpu_layers if rpc else 0,
         )
         try:
             return cls(llm, settings, meta, hw)
@@ -261,61 +301,55 @@ class Engine:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def is_control(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_get_attr(self.vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+        return bool(self.token_attr(token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+
+    def token_attr(self, token: int) -> int:
+        """llama.cpp's attribute bits of a token (``LLAMA_TOKEN_ATTR_*``)."""
+        return int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
 
     # ---- prompts -------------------------------------------------------------------------------
 
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text the GGUF's template makes (as llama-cpp-python renders it), bounded in time
-        and output; a template that fails or runs away is one clear error."""
+    def render(self, messages: Sequence[dict[str, Any]], **variables: Any) -> str:
+        """The prompt text the GGUF's template makes, with Hugging Face semantics (``variables``:
+        ``tools``, ``enable_thinking``, ...), bounded in time and output; a template that fails or runs
+        away is one clear error."""
         try:
-            with time_limit():
-                prompt = self.formatter(messages=list(messages)).prompt
+            prompt = render(
+                self.template,
+                list(messages),
+                add_generation_prompt=True,
+                **self.template_tokens,
+                **variables,
+            )
             check_size(prompt)
         except Exception as exc:
             why = template_failure(exc)
             raise TliteError(self.settings.path, f"chat template does not render ({why})") from None
         return prompt
 
-    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        """Prompt ids: template markers as control tokens, message contents as plain text, BOS once.
+    @functools.cached_property
+    def caps(self) -> TemplateCaps:
+        """Whether the template takes tools and a thinking switch (found by rendering it)."""
+        return template_caps(self.template, self.render)
 
-        The template is rendered with a sentinel in place of each content; the pieces between
-        sentinels are tokenized with special tokens parsed, the contents without. Assistant
-        messages that carry their generated ids reuse them while the content still matches them (so
-        the KV cache matches exactly).
-        """
-        nonce = secrets.token_hex(4)
-        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
-        plain = self.render([{"role": m.role, "content": m.content} for m in messages])
-        marked = self.render([{"role": m.role, "content": s} for m, s in zip(messages, marks, strict=True)])
-        parts = marked.split("\ue000")
-        pieces: list[tuple[str, int | None]] = [(parts[0], None)]
-        for part in parts[1:]:
-            head, _, rest = part.partition("\ue001")
-            pieces += [("", int(head.split(":")[1])), (rest, None)]
-        transform = next(
-            (t for t in CONTENT_TRANSFORMS if _assemble(pieces, messages, t) == plain), CONTENT_TRANSFORMS[0]
-        )
-        ids: list[int] = []
-        for text, index in pieces:
-            if index is None:
-                ids += self.tokenize(text, special=True)
-                continue
-            msg = messages[index]
-            content = transform(msg.content)
-            if msg.tokens is not None and content == msg.content == self.detokenize(msg.tokens):
-                ids += msg.tokens
-            else:
-                ids += self.tokenize(content, special=False)
-        if self.add_bos and (not ids or ids[0] != self.bos):
-            ids.insert(0, self.bos)
-        while ids[1:2] == [self.bos] and ids[0] == self.bos:
-            ids.pop(0)
-        return ids
+    def prompt(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+        think: bool | None = None,
+    ) -> Prompt:
+        """Prompt ids (template markers as control tokens, every user text as plain text, BOS once)
+        and whether the reply starts inside a ``<think>`` block. ``tools`` (OpenAI function list) and
+        ``think`` (``enable_thinking``; None: the template's default) go to the template."""
+        variables: dict[str, Any] = {}
+        if tools:
+            variables["tools"] = list(tools)
+        if think is not None:
+            variables["enable_thinking"] = think
+        return build_prompt(self, messages, variables)
 
-
-def _assemble(
-    pieces: list[tuple[str, int | None]], messages: Sequence[Message], t: Callable[[str], str]
-) -> str:
-    return "".join(text if i is None else t(messages[i].content) for text, i in pieces)
+    def prompt_tokens(self, messages: Sequence[Message], **options: Any) -> list[int]:
+        """The ids of ``prompt(messages, **options)``. Assistant messages that carry their generated
+        ids reuse them while the content still matches them (so the KV cache matches exactly)."""
+        return self.prompt(messages, **options).ids

@@ -14,6 +14,7 @@ exponents 2, and whitespace is at most one space between tokens (a model cannot 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from tlite_edge.errors import TliteError
@@ -292,3 +293,22 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     """GBNF (root rule ``root``) for the JSON documents ``schema`` allows; a keyword the grammar
     cannot enforce → ``TliteError`` naming it and where it is."""
     return _Converter(schema).grammar(schema)
+
+
+def load_schema_grammar(path: str | Path) -> str:
+    """The grammar of the JSON schema in file ``path``; a missing, unreadable or unsupported file is
+    one ``TliteError`` naming it."""
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TliteError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TliteError(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise TliteError(path, f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(schema, dict):
+        raise TliteError(path, "a JSON schema must be an object")
+    try:
+        return schema_grammar(schema)
+    except TliteError as exc:
+        raise TliteError(path, exc.message) from None

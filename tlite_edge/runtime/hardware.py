@@ -57,7 +57,8 @@ class Hardware:
         return [k for k, on in self.cpu_features.items() if on and k not in BUILD_FLAGS]
 
     def gpu_devices(self) -> list[Device]:
-        return [d for d in self.devices if d.type in ("gpu", "igpu")]
+        """This machine's GPUs (llama.cpp lists RPC workers as GPUs too: they are not counted)."""
+        return [d for d in self.devices if d.type in ("gpu", "igpu") and not d.name.startswith("RPC")]
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -177,11 +178,14 @@ def parse_system_info(text: str) -> dict[str, dict[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def _libggml() -> ctypes.CDLL | None:
-    """llama-cpp-python's libggml (the backend registry lives there), None when not found."""
+    """llama-cpp-python's libggml (the backend registry lives there), None when not found.
+
+    The soname first: a wheel holds libggml.so, .so.0 and .so.0.x as three copies of one file, and
+    only the one libllama links (libggml.so.0) shares llama.cpp's device registry (RPC workers)."""
     import llama_cpp
 
     lib_dir = Path(str(llama_cpp.__file__)).parent / "lib"
-    names = ("libggml.so", "libggml.dylib", "ggml.dll", "libggml.dll")
+    names = ("libggml.so.0", "libggml.so", "libggml.0.dylib", "libggml.dylib", "ggml.dll", "libggml.dll")
     path = next((lib_dir / n for n in names if (lib_dir / n).exists()), None)
     if path is None:
         return None
@@ -241,6 +245,8 @@ def probe() -> Hardware:
     info = parse_system_info(llama_cpp.llama_print_system_info().decode(errors="replace"))
     backends, devices = backends_and_devices(info)
     total, available = memory()
+    # llama_supports_gpu_offload() is also true for a CPU build with the RPC backend: count devices
+    local_gpu = any(d.type in ("gpu", "igpu") and not d.name.startswith("RPC") for d in devices)
     return Hardware(
         physical_cores=physical_cores(),
         logical_cpus=os.cpu_count() or 1,
@@ -248,7 +254,7 @@ def probe() -> Hardware:
         ram_total=total,
         ram_available=available,
         system_info=info,
-        gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+        gpu_offload=local_gpu if devices else bool(llama_cpp.llama_supports_gpu_offload()),
         backends=backends,
         devices=devices,
     )

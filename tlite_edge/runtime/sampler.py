@@ -47,9 +47,11 @@ class Sampler:
             self._keep.append(biases)
             pre.append(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
         if (s.repeat_penalty, s.frequency_penalty, s.presence_penalty) != (1.0, 0.0, 0.0):
+            # llama.cpp's C function takes (last_n, repeat, freq, present); llama-cpp-python's binding
+            # still declares an n_vocab first, which the C side reads as last_n: pass the window twice.
             pre.append(
                 llama_cpp.llama_sampler_init_penalties(
-                    PENALTY_LAST_N, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                    PENALTY_LAST_N, PENALTY_LAST_N, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
                 )
             )
         if s.temp <= 0:

@@ -8,16 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
-from gguf import Keys
+from tlite_edge.gguf.keys import SAMPLING_KEYS
 
 # Sampling field -> GGUF key (llama.cpp's general.sampling.* defaults written by model authors).
-GGUF_SAMPLING_KEYS = {
-    "temp": Keys.General.SAMPLING_TEMP,
-    "top_p": Keys.General.SAMPLING_TOP_P,
-    "top_k": Keys.General.SAMPLING_TOP_K,
-    "min_p": Keys.General.SAMPLING_MIN_P,
-    "repeat_penalty": Keys.General.SAMPLING_PENALTY_REPEAT,
-}
+GGUF_SAMPLING_KEYS = SAMPLING_KEYS
 
 
 def reply_budget(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:
@@ -63,21 +57,42 @@ class Sampling:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def choices(self) -> dict[str, Any]:
-        """The settings a person picks (no grammar, bias or log-probabilities): for display."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("logit_bias", "grammar", "logprobs")}
-
 
 @dataclass
 class Message:
-    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse)."""
+    """One chat message; ``tokens`` holds an assistant reply's generated ids (exact KV-cache reuse).
+
+    ``reasoning`` is an assistant's thinking (``reasoning_content``), ``tool_calls`` its calls in
+    OpenAI's shape, ``tool_call_id`` what a ``tool`` message answers.
+    """
 
     role: str
     content: str
     tokens: list[int] | None = None
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            out["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        """From OpenAI's shape (``reasoning_content``, ``tool_calls``, ``tool_call_id``)."""
+        return cls(
+            str(data["role"]),
+            data.get("content") or "",
+            reasoning=data.get("reasoning_content"),
+            tool_calls=data.get("tool_calls") or None,
+            tool_call_id=data.get("tool_call_id"),
+        )
 
 
 @dataclass

@@ -161,13 +161,17 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
         }
 
     async def health(request: Request) -> JSONResponse:
+        extra = await asyncio.to_thread(pool.health) if pool.health else {}
+        ok = extra.pop("ok", True)
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if ok else "degraded",
                 "model": cfg.model_id,
                 "slots": {"total": len(pool.engines), "busy": pool.busy},
                 "queue": {"waiting": pool.waiting, "max": pool.max_queue},
-            }
+                **extra,
+            },
+            status_code=200 if ok else 503,
         )
 
     async def metrics(request: Request) -> Response:
@@ -222,7 +226,8 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             watcher.cancel()
         _log_outcome(request.scope, outcome)
         assert outcome.usage is not None
-        return JSONResponse(shaper.full(outcome.text, outcome.finish, outcome.usage))
+        o = outcome
+        return JSONResponse(shaper.full(o.text, o.finish, o.usage, o.logprobs, o.reasoning, o.tool_calls))
 
     async def chat(request: Request) -> Response:
         return await complete(request, "chat")
@@ -276,10 +281,21 @@ async def _sse(
     """The stream: a role chunk, text chunks, a finish chunk, usage if asked, ``[DONE]``."""
     if shaper.req.kind == "chat":
         yield sse(shaper.chunk(first=True))
+    logprobs = None  # the tokens of the next text chunk, when the request asked for them
+    calls = 0
     try:
         async for kind, value in events:
-            if kind == "text":
-                yield sse(shaper.chunk(str(value)))
+            if kind == "logprobs":
+                logprobs = value
+            elif kind == "text":
+                yield sse(shaper.chunk(str(value), logprobs=logprobs))  # type: ignore[arg-type]
+                logprobs = None
+            elif kind == "reasoning":
+                yield sse(shaper.chunk(reasoning=str(value)))
+            elif kind == "tool_call":
+                for chunk in shaper.tool_call_chunks(calls, value):  # type: ignore[arg-type]
+                    yield sse(chunk)
+                calls += 1
             elif kind == "error":
                 raise value  # type: ignore[misc]
             elif kind == "end":

@@ -18,17 +18,20 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tlite_edge.errors import TliteError
 from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.metrics import ServeMetrics
 from tlite_edge.serve.protocol import ApiError, Request, Usage
 from tlite_edge.serve.slots import Slot, choose, prompt_ids
+from tlite_edge.serve.stops import StopMatcher
 
 if TYPE_CHECKING:
     from tlite_edge.runtime import Engine, Reply
+    from tlite_edge.runtime.sampler import TokenLogprob
 
 # runtime finish reason -> OpenAI finish reason
 FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
@@ -38,59 +41,22 @@ SERVICE_EWMA = 0.2  # weight of the newest request in the average service time (
 ENDING_WAIT = 1.0
 
 
-def _failure(stop: str) -> list[int]:
-    """KMP failure table: for each prefix length k, the longest proper border of ``stop[:k]``."""
-    table, k = [0] * (len(stop) + 1), 0
-    for i in range(1, len(stop)):
-        while k and stop[i] != stop[k]:
-            k = table[k]
-        if stop[i] == stop[k]:
-            k += 1
-        table[i + 1] = k
-    return table
+@dataclass(frozen=True)
+class TokenInfo:
+    """A sent token with its log-probability and the most likely alternatives, as text and bytes."""
+
+    text: str
+    data: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
 
 
-class StopMatcher:
-    """Streams text through, holding back what could be the start of a stop sequence.
+def token_infos(engine: Engine, entries: list[TokenLogprob]) -> list[TokenInfo]:
+    def named(t: int) -> tuple[str, bytes]:
+        data = engine.token_bytes(t)
+        return data.decode("utf-8", errors="replace"), data
 
-    One automaton per stop sequence (Knuth-Morris-Pratt): each generated character is looked at a
-    constant number of times (amortized), so a long stop string costs time linear in the text.
-    """
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops, self.held = stops, ""
-        self.tables = [_failure(s) for s in stops]
-        self.states = [0] * len(stops)  # per stop: how many of its first characters end the text so far
-
-    def _step(self, i: int, ch: str) -> int:
-        stop, table, k = self.stops[i], self.tables[i], self.states[i]
-        if k == len(stop):
-            k = table[k]
-        while k and stop[k] != ch:
-            k = table[k]
-        if stop[k] == ch:
-            k += 1
-        self.states[i] = k
-        return k
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """(text safe to send, whether a stop sequence was found: nothing after it is sent)."""
-        text = self.held + piece
-        if not self.stops:
-            return text, False
-        base = len(self.held)
-        for j, ch in enumerate(piece):
-            ends = [len(s) for i, s in enumerate(self.stops) if self._step(i, ch) == len(s)]
-            if ends:
-                self.held = ""
-                return text[: base + j + 1 - max(ends)], True
-        keep = max(self.states)
-        self.held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep], False
-
-    def flush(self) -> str:
-        text, self.held = self.held, ""
-        return text
+    return [TokenInfo(*named(e.token), e.logprob, tuple((*named(t), lp) for t, lp in e.top)) for e in entries]
 
 
 @dataclass
@@ -102,6 +68,9 @@ class Outcome:
     text: str = ""
     cancelled: str = ""  # why the server stopped it: "disconnect", "timeout"
     first_token: float | None = None  # seconds from the reply's start to its first sampled token
+    logprobs: list[TokenInfo] | None = None  # per token sent, when the request asked for them
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Job:
@@ -133,7 +102,11 @@ class Job:
     def run(self, engine: Engine) -> None:
         """The worker thread: start the reply, stream it, report the end (or an ApiError)."""
         try:
-            self._generate(engine)
+            run_job = getattr(engine, "run_job", None)  # an engine in a child process (serve --rpc)
+            if run_job is not None:
+                run_job(self)
+            else:
+                self._generate(engine)
         except ApiError as exc:
             self._emit("error", exc)
         except Exception as exc:  # llama.cpp failed: a 500 for this request, the server goes on
@@ -150,26 +123,55 @@ class Job:
         self._emit("start", len(reply.prompt))
         matcher = StopMatcher(self.req.stop)
         found = False
+        seen = 0  # reply.logprobs entries taken so far
+        pending: list[TokenInfo] = []  # their tokens' text is not sent yet (held by the stop matcher)
+        if reply.logprobs is not None:
+            self.outcome.logprobs = []
+
+        def send(text: str) -> None:
+            nonlocal pending
+            if self.outcome.logprobs is not None:
+                self.outcome.logprobs += pending
+                self._emit("logprobs", pending)
+                pending = []
+            self.outcome.text += text
+            self._emit("text", text)
+
         try:
-            for piece in reply:
-                text, found = matcher.feed(piece)
+            for part in reply.parts():
+                if reply.logprobs is not None:
+                    pending += token_infos(engine, reply.logprobs[seen:])
+                    seen = len(reply.logprobs)
+                if part.kind == "reasoning":
+                    pending = []  # logprobs cover the answer's tokens only
+                    self.outcome.reasoning += part.text
+                    self._emit("reasoning", part.text)
+                    continue
+                if part.kind == "tool_call":
+                    pending = []
+                    self.outcome.tool_calls = [*(self.outcome.tool_calls or []), part.call]
+                    self._emit("tool_call", part.call)
+                    continue
+                text, found = matcher.feed(part.text)
                 if text:
-                    self.outcome.text += text
-                    self._emit("text", text)
+                    send(text)
                 if found:
                     break
         finally:
             reply.close()
         tail = "" if found else matcher.flush()
-        if tail:
-            self.outcome.text += tail
-            self._emit("text", tail)
+        if reply.logprobs is not None and not found:
+            pending += token_infos(engine, reply.logprobs[seen:])
+        if tail or pending:
+            send(tail)
         self.outcome.finish = "stop" if found else FINISH[reply.stats.finish_reason or "stopped"]
         stats = reply.stats
         cached = max(0, stats.prompt_tokens - stats.evaluated_tokens) if stats.time_to_first_token else 0
         self.outcome.usage = Usage(stats.prompt_tokens, stats.generated_tokens, cached)
         if stats.time_to_first_token:  # 0: stopped while reading the prompt
             self.outcome.first_token = stats.time_to_first_token
+        if self.outcome.tool_calls and self.outcome.finish == "stop":
+            self.outcome.finish = "tool_calls"
         self._emit("end", self.outcome)
 
     async def stream(self, deadline: float) -> AsyncIterator[tuple[str, object]]:
@@ -195,8 +197,15 @@ def start_reply(engine: Engine, req: Request) -> Reply:
     t0 = time.perf_counter()
     n_ctx = engine.n_ctx
     if req.kind == "chat":
-        chat = Chat.from_messages(engine, req.messages[:-1])
-        prompt = chat.prompt_for(req.messages[-1]["content"])
+        options: dict[str, Any] = {"think": req.think, "tools": req.tools, "tool_choice": req.tool_choice}
+        try:
+            chat = Chat.from_messages(
+                engine, req.messages, **options, parallel_tool_calls=req.parallel_tool_calls
+            )
+        except TliteError as exc:
+            param = "tool_choice" if "tool_choice" in exc.message else "tools"
+            raise ApiError(400, exc.message, code="invalid_value", param=param) from None
+        prompt = chat.prompt_for(None)
     else:
         chat = Chat(engine)
         prompt = engine.tokenize(req.prompt, special=False)
@@ -213,16 +222,32 @@ def start_reply(engine: Engine, req: Request) -> Reply:
             param="messages" if req.kind == "chat" else "prompt",
         )
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    wrong = [t for t, _ in req.logit_bias if t >= engine.n_vocab]
+    if wrong:
+        raise ApiError(
+            400,
+            f"logit_bias: token {wrong[0]} is not in the vocabulary (0..{engine.n_vocab - 1})",
+            code="invalid_value",
+            param="logit_bias",
+        )
     sampling = engine.sampling.with_(
         temp=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
         repeat_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias=req.logit_bias,
+        grammar=req.grammar,
+        logprobs=req.logprobs,
         seed=seed,
         max_tokens=reply_budget(n_ctx, len(prompt), req.max_tokens or engine.sampling.max_tokens),
     )
     if req.kind == "chat":
-        return chat.send(req.messages[-1]["content"], **sampling.as_dict())
+        try:
+            return chat.respond(**sampling.as_dict())
+        except TliteError as exc:  # a forced tool_choice without grammar support
+            raise ApiError(400, exc.message, code="invalid_value", param="tool_choice") from None
     return chat.complete(prompt, sampling, t0=t0)
 
 
@@ -239,6 +264,8 @@ class Pool:
         self.metrics = ServeMetrics()
         self._released = asyncio.Event()  # set (and replaced) whenever a slot is released
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
+        # extra /health fields and whether the server can answer ("ok"), e.g. the RPC workers' state
+        self.health: Callable[[], dict[str, Any]] | None = None
 
     @property
     def busy(self) -> int:
@@ -324,7 +351,7 @@ class Pool:
                 self.waiters.remove(waiter)
 
     def _run(self, slot: Slot, job: Job) -> None:
-        if not self.prompt_cache:
+        if not self.prompt_cache and hasattr(slot.engine, "clear_kv"):  # check_config: not with --rpc
             slot.engine.clear_kv()
         job.run(slot.engine)
 

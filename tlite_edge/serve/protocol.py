@@ -10,7 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+from tlite_edge.serve.messages import FieldError, chat_messages, tool_options
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+MAX_LOGIT_BIAS = 1024  # entries in logit_bias
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_STOP_BYTES = 32 * 1024  # all stop sequences together, UTF-8
 LOG_KEY = "tlite_edge.log"  # the access-log entry of a request, in its ASGI scope
@@ -54,7 +58,7 @@ class Request:
 
     kind: str  # "chat" or "completion"
     model: str
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape (tool calls too)
     prompt: str = ""
     stream: bool = False
     include_usage: bool = False
@@ -65,6 +69,15 @@ class Request:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: off; N: the chosen token's and the N most likely
+    grammar: str | None = None  # from response_format
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | dict[str, Any] = "auto"
+    parallel_tool_calls: bool = True
+    think: bool | None = None  # chat_template_kwargs.enable_thinking
 
 
 def _int(v: Any) -> bool:
@@ -85,6 +98,10 @@ STRUCTURED: dict[str, frozenset[str]] = {
     "stop": BOTH,
     "stream_options": BOTH,
     "user": BOTH,  # an end-user id for the provider's abuse checks: accepted, nothing to do with it here
+    "tools": CHAT,
+    "tool_choice": CHAT,
+    "parallel_tool_calls": CHAT,
+    "chat_template_kwargs": CHAT,  # llama-server's: {"enable_thinking": false}
 }
 
 
@@ -107,23 +124,38 @@ OPTIONS: dict[str, Option] = {
     "top_p": Option(BOTH, lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "top_k": Option(BOTH, lambda v: _int(v) and 0 <= v <= 1000, "an integer from 0 (all tokens) to 1000"),
     "repetition_penalty": Option(BOTH, lambda v: _num(v) and 0 < v <= 2, "a number in (0, 2] (1 = off)"),
+    "repeat_penalty": Option(BOTH, lambda v: _num(v) and 0 < v <= 2, "a number in (0, 2] (1 = off)"),
     "seed": Option(BOTH, lambda v: _int(v) and 0 <= v < 2**32 - 1, f"an integer from 0 to {2**32 - 2}"),
     "stream": Option(BOTH, lambda v: isinstance(v, bool), "true or false"),
     "n": Option(BOTH, lambda v: v == 1 and _int(v), "1 (one choice per request)", False),
-    "presence_penalty": Option(BOTH, lambda v: _num(v) and v == 0, "0 (use repetition_penalty)", False),
-    "frequency_penalty": Option(BOTH, lambda v: _num(v) and v == 0, "0 (use repetition_penalty)", False),
-    "logprobs": Option(BOTH, lambda v: v is False or v == 0, "false (no log-probabilities here)", False),
-    "top_logprobs": Option(CHAT, lambda v: v == 0 and _int(v), "0 (no log-probabilities here)", False),
+    "presence_penalty": Option(BOTH, lambda v: _num(v) and -2 <= v <= 2, "a number from -2 to 2"),
+    "frequency_penalty": Option(BOTH, lambda v: _num(v) and -2 <= v <= 2, "a number from -2 to 2"),
+    "logprobs": Option(
+        BOTH,
+        lambda v: isinstance(v, bool) or (_int(v) and 0 <= v <= MAX_TOP_LOGPROBS),
+        f"true/false (chat) or an integer from 0 to {MAX_TOP_LOGPROBS} (completions)",
+    ),
+    "top_logprobs": Option(
+        CHAT, lambda v: _int(v) and 0 <= v <= MAX_TOP_LOGPROBS, f"an integer from 0 to {MAX_TOP_LOGPROBS}"
+    ),
     "echo": Option(COMPLETION, lambda v: v is False, "false (echo is not supported)", False),
     "best_of": Option(COMPLETION, lambda v: v == 1 and _int(v), "1 (best_of is not supported)", False),
     "suffix": Option(COMPLETION, lambda v: v == "", "empty (suffix is not supported)", False),
-    "tools": Option(CHAT, lambda v: v == [], "empty (tool calls are not supported)", False),
-    "tool_choice": Option(CHAT, lambda v: v == "none", '"none" (tool calls are not supported)', False),
     "functions": Option(CHAT, lambda v: v == [], "empty (function calls are not supported)", False),
     "function_call": Option(CHAT, lambda v: v == "none", '"none" (function calls are not supported)', False),
-    "logit_bias": Option(BOTH, lambda v: v == {}, "empty (logit_bias is not supported)", False),
+    "logit_bias": Option(
+        BOTH,
+        lambda v: (
+            isinstance(v, dict)
+            and len(v) <= MAX_LOGIT_BIAS
+            and all(k.isdigit() and len(k) < 10 and _num(b) and -100 <= b <= 100 for k, b in v.items())
+        ),
+        f"an object of at most {MAX_LOGIT_BIAS} token ids (strings of digits) to numbers from -100 to 100",
+    ),
     "response_format": Option(
-        CHAT, lambda v: v == {"type": "text"}, '{"type": "text"} (JSON modes are not supported)', False
+        CHAT,
+        lambda v: isinstance(v, dict) and v.get("type") in RESPONSE_FORMATS,
+        f"an object whose type is one of {', '.join(RESPONSE_FORMATS)}",
     ),
 }
 
@@ -140,46 +172,6 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _content(msg: dict[str, Any], i: int) -> str:
-    """A message's text: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
-    content = msg.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    raise bad(
-        f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}].content"
-    )
-
-
-def _messages(data: dict[str, Any], max_messages: int) -> list[dict[str, str]]:
-    msgs = data.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise bad("messages must be a non-empty list", param="messages")
-    if len(msgs) > max_messages:
-        raise bad(f"too many messages: {len(msgs)}, at most {max_messages}", param="messages")
-    out = []
-    for i, msg in enumerate(msgs):
-        if not isinstance(msg, dict):
-            raise bad(f"messages[{i}] must be an object", param=f"messages[{i}]")
-        role = msg.get("role")
-        if role not in ROLES:
-            raise bad(
-                f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
-                param=f"messages[{i}].role",
-            )
-        if role == "system" and i > 0:
-            raise bad(f"messages[{i}]: a system message may only come first", param=f"messages[{i}].role")
-        if msg.get("tool_calls") or msg.get("function_call"):
-            raise bad(f"messages[{i}]: tool calls are not supported", param=f"messages[{i}]")
-        out.append({"role": role, "content": _content(msg, i)})
-    if out[-1]["role"] != "user":
-        raise bad("the last message must have role user", param=f"messages[{len(out) - 1}].role")
-    return out
-
-
 def _stop(value: Any) -> list[str]:
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
@@ -190,6 +182,49 @@ def _stop(value: Any) -> list[str]:
     if size > MAX_STOP_BYTES:
         raise bad(f"stop sequences total {size} bytes, at most {MAX_STOP_BYTES}", param="stop")
     return stops
+
+
+def _logprobs(kind: str, data: dict[str, Any]) -> int | None:
+    """How many alternatives per token (None: no log-probabilities): chat takes ``logprobs: true`` and
+    ``top_logprobs: N``, completions ``logprobs: N``."""
+    value, top = data.get("logprobs"), data.get("top_logprobs")
+    if kind == "completion":
+        if isinstance(value, bool):
+            raise bad(f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS} here", param="logprobs")
+        return value
+    if value is not None and not isinstance(value, bool):
+        raise bad("logprobs must be true or false here (the count goes in top_logprobs)", param="logprobs")
+    if top is not None and not value:
+        raise bad("top_logprobs needs logprobs: true", param="top_logprobs")
+    return (top or 0) if value else None
+
+
+def _response_grammar(fmt: dict[str, Any]) -> str | None:
+    """The grammar a ``response_format`` asks for (None: plain text); a schema it cannot enforce → 400."""
+    from tlite_edge.errors import TliteError
+    from tlite_edge.runtime.grammar import JSON_OBJECT_GRAMMAR, schema_grammar
+
+    extra = set(fmt) - {"type", "json_schema"}
+    if extra:
+        raise bad(f"response_format.{sorted(extra)[0]} is not a supported field", param="response_format")
+    if fmt["type"] == "text":
+        return None
+    if fmt["type"] == "json_object":
+        return JSON_OBJECT_GRAMMAR
+    spec = fmt.get("json_schema")
+    where = "response_format.json_schema"
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise bad(f"{where} must be an object with a name and a schema", param=where)
+    unknown = sorted(set(spec) - {"name", "description", "schema", "strict"})
+    if unknown:
+        raise bad(f"{where}.{unknown[0]} is not a supported field", param=where)
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise bad(f"{where}.schema must be a JSON schema object", param=f"{where}.schema")
+    try:
+        return schema_grammar(schema)
+    except TliteError as exc:
+        raise bad(f"{where}.schema: {exc.message}", param=f"{where}.schema") from None
 
 
 def check_text(data: Any, path: str = "") -> None:
@@ -238,7 +273,13 @@ def parse_request(kind: str, data: dict[str, Any], max_messages: int) -> Request
     req = Request(kind=kind, model=model, stream=bool(data.get("stream")))
     req.max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
     req.temperature, req.top_p, req.seed = data.get("temperature"), data.get("top_p"), data.get("seed")
-    req.top_k, req.repetition_penalty = data.get("top_k"), data.get("repetition_penalty")
+    req.top_k = data.get("top_k")
+    req.repetition_penalty = data.get("repetition_penalty") or data.get("repeat_penalty")
+    req.presence_penalty, req.frequency_penalty = data.get("presence_penalty"), data.get("frequency_penalty")
+    req.logit_bias = tuple((int(k), float(b)) for k, b in (data.get("logit_bias") or {}).items())
+    req.logprobs = _logprobs(kind, data)
+    if data.get("response_format") is not None:
+        req.grammar = _response_grammar(data["response_format"])
     if data.get("stop") is not None:
         req.stop = _stop(data["stop"])
     options = data.get("stream_options")
@@ -247,7 +288,11 @@ def parse_request(kind: str, data: dict[str, Any], max_messages: int) -> Request
             raise bad('stream_options must be an object like {"include_usage": true}', "stream_options")
         req.include_usage = bool(options.get("include_usage"))
     if kind == "chat":
-        req.messages = _messages(data, max_messages)
+        try:
+            req.messages = chat_messages(data, max_messages)
+            tool_options(data, req)
+        except FieldError as exc:
+            raise bad(exc.message, param=exc.param) from None
     else:
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
@@ -284,6 +329,7 @@ class Shaper:
         prefix = "chatcmpl" if req.kind == "chat" else "cmpl"
         self.id = f"{prefix}-{secrets.token_hex(12)}"
         self.created = int(time.time())
+        self._offset = 0  # characters of the answer before the next logprobs token (completions)
 
     def _wrap(self, obj: str, choices: list[dict[str, Any]], usage: Usage | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -297,26 +343,86 @@ class Shaper:
             out["usage"] = usage.as_dict()
         return out
 
-    def full(self, text: str, finish: str, usage: Usage) -> dict[str, Any]:
+    def full(
+        self,
+        text: str,
+        finish: str,
+        usage: Usage,
+        logprobs: list[Any] | None = None,
+        reasoning: str = "",
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        lp = self.logprobs(logprobs)
         if self.req.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-            return self._wrap(
-                "chat.completion", [{**choice, "logprobs": None, "finish_reason": finish}], usage
-            )
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else "")}
+            if reasoning:
+                message["reasoning_content"] = reasoning  # as llama-server and vLLM send it
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice = {"index": 0, "message": message}
+            return self._wrap("chat.completion", [{**choice, "logprobs": lp, "finish_reason": finish}], usage)
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
         return self._wrap("text_completion", [choice], usage)
 
     def chunk(
-        self, text: str | None = None, finish: str | None = None, first: bool = False
+        self,
+        text: str | None = None,
+        finish: str | None = None,
+        first: bool = False,
+        logprobs: list[Any] | None = None,
+        reasoning: str | None = None,
+        tool_call: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A stream chunk: answer ``text`` (with its tokens' ``logprobs``), ``reasoning``
+        (``delta.reasoning_content``), or one ``tool_call`` delta (OpenAI's ``delta.tool_calls[0]``)."""
+        lp = self.logprobs(logprobs)
         if self.req.kind == "chat":
-            delta: dict[str, str] = {"role": "assistant", "content": ""} if first else {}
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if reasoning is not None:
+                delta["reasoning_content"] = reasoning
+            if tool_call is not None:
+                delta["tool_calls"] = [tool_call]
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             return self._wrap("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
         return self._wrap("text_completion", [choice])
+
+    def logprobs(self, infos: list[Any] | None) -> dict[str, Any] | None:
+        """OpenAI's logprobs object for these tokens (``pool.TokenInfo``): chat's ``content`` list, or
+        the completions' legacy columns (``text_offset`` counts characters across the whole answer)."""
+        if infos is None or self.req.logprobs is None:
+            return None
+        if self.req.kind == "chat":
+
+            def entry(text: str, data: bytes, lp: float) -> dict[str, Any]:
+                return {"token": text, "logprob": lp, "bytes": list(data)}
+
+            content = [
+                {**entry(i.text, i.data, i.logprob), "top_logprobs": [entry(*t) for t in i.top]}
+                for i in infos
+            ]
+            return {"content": content, "refusal": None}
+        offsets = []
+        for i in infos:
+            offsets.append(self._offset)
+            self._offset += len(i.text)
+        return {
+            "tokens": [i.text for i in infos],
+            "token_logprobs": [i.logprob for i in infos],
+            "top_logprobs": [{t: lp for t, _, lp in i.top} for i in infos],
+            "text_offset": offsets,
+        }
+
+    def tool_call_chunks(self, index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+        """One tool call as OpenAI streams it: index, id, type and name first, then the arguments."""
+        fn = call["function"]
+        head = {"index": index, "id": call["id"], "type": "function"}
+        return [
+            self.chunk(tool_call={**head, "function": {"name": fn["name"], "arguments": ""}}),
+            self.chunk(tool_call={"index": index, "function": {"arguments": fn["arguments"]}}),
+        ]
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.req.kind == "chat" else "text_completion"

@@ -67,11 +67,14 @@ class ServerConfig:
     keep_alive: float = 5.0
     max_client_connections: int = 32  # open connections per client address
     prompt_cache: bool = True  # route requests to the slot holding their prefix, reuse its KV cache
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers (HOST:PORT) holding part of the layers
+    tensor_split: str | None = None  # "A,B[,LOCAL]" shares of the layers (default: by free memory)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))
         object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        object.__setattr__(self, "rpc", tuple(self.rpc))
 
 
 def is_loopback(host: str) -> bool:
@@ -93,6 +96,8 @@ def check_config(cfg: ServerConfig) -> str | None:
         value = getattr(cfg, attr)
         if value is not None and not (math.isfinite(value) and value >= least):
             raise TliteError(None, f"{flag} must be a number of at least {least}, got {value}")
+    if cfg.rpc and not cfg.prompt_cache:
+        raise TliteError(None, "--no-prompt-cache is not available with --rpc (the model runs in a child)")
     from tlite_edge.serve.guard import check_origin
 
     for origin in cfg.cors_origins:
@@ -100,6 +105,20 @@ def check_config(cfg: ServerConfig) -> str | None:
             check_origin(origin)
         except ValueError as exc:
             raise TliteError(None, f"--cors-origin: {exc}") from None
+    if cfg.tensor_split and not cfg.rpc:
+        raise TliteError(None, "--tensor-split needs --rpc")
+    if cfg.rpc:
+        from tlite_edge.runtime.rpc import parse_endpoints, parse_tensor_split
+
+        endpoints = parse_endpoints(",".join(cfg.rpc))
+        if cfg.tensor_split:
+            parse_tensor_split(cfg.tensor_split, len(endpoints))
+        if cfg.parallel > 1:
+            raise TliteError(
+                None,
+                "--rpc works with --parallel 1: llama.cpp's RPC worker serves one client at a time "
+                "(run more replicas behind a balancer for more users)",
+            )
     if cfg.port > 65535:
         raise TliteError(None, f"--port must be at most 65535, got {cfg.port}")
     key = cfg.api_key if cfg.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
@@ -131,13 +150,29 @@ def log_line(entry: dict[str, Any]) -> None:
 
 
 def load_engines(cfg: ServerConfig) -> list[Engine]:
-    """``parallel`` engines on the same file (weights mmap'ed once, a KV cache each)."""
+    """``parallel`` engines on the same file (weights mmap'ed once, a KV cache each); with RPC workers
+    one engine in a child process (serve/isolate.py: llama.cpp aborts when a worker is lost)."""
     from tlite_edge.progress import console
     from tlite_edge.runtime.engine import Engine
     from tlite_edge.runtime.hardware import probe
 
     hw = probe()
     threads = cfg.threads or max(1, hw.threads // cfg.parallel)
+    if cfg.rpc:
+        from tlite_edge.serve.isolate import IsolatedEngine
+
+        spec = {
+            "model": str(cfg.model),
+            "ctx": cfg.ctx,
+            "threads": threads,
+            "rpc": list(cfg.rpc),
+            "tensor_split": cfg.tensor_split,
+        }
+        isolated = IsolatedEngine(spec)
+        isolated.start()
+        for warning in isolated.warnings:
+            log_line({"event": "warning", "message": warning})
+        return [isolated]  # type: ignore[list-item]
     engines: list[Engine] = []
     loading = f"loading {cfg.model.name} ×{cfg.parallel}"
     with console.status(loading) if sys.stderr.isatty() else nullcontext():
@@ -150,14 +185,12 @@ def load_engines(cfg: ServerConfig) -> list[Engine]:
 
 def model_meta(engine: Engine) -> dict[str, Any]:
     """What ``/v1/models`` tells of the model besides the context (the fields llama-server's ``meta`` has)."""
-    llm = engine.llm
-    return {
-        "n_ctx_train": engine.settings.n_ctx_train,
-        "n_vocab": llm.n_vocab(),
-        "n_embd": llm.n_embd(),
-        "n_params": engine.settings.n_params,
-        "size": engine.settings.model_bytes,
-    }
+    s = engine.settings
+    meta = {"n_ctx_train": s.n_ctx_train, "n_params": s.n_params, "size": s.model_bytes}
+    llm = getattr(engine, "llm", None)  # None: the model is in a child process (serve --rpc)
+    if llm is not None:
+        meta.update(n_vocab=llm.n_vocab(), n_embd=llm.n_embd())
+    return meta
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -182,6 +215,7 @@ def serve(cfg: ServerConfig) -> int:
     json_logging(log_line)
     engines = load_engines(cfg)
     pool = Pool(engines, cfg.max_queue, prompt_cache=cfg.prompt_cache)
+    pool.health = getattr(engines[0], "status", None)
     stem = cfg.model.name.removesuffix(".gguf")
     app_cfg = ServeConfig(
         model_id=stem,
@@ -239,6 +273,7 @@ def serve(cfg: ServerConfig) -> int:
             "ctx": app_cfg.n_ctx,
             "threads": engines[0].settings.threads,
             "auth": key is not None,
+            **({"rpc": list(cfg.rpc)} if cfg.rpc else {}),
         }
     )
     # uvicorn shuts down on SIGTERM, then re-raises it: end through the finally below, exit code 0

@@ -54,7 +54,8 @@ class Slot:
     def remember(self, enabled: bool, prompt_tokens: int | None) -> None:
         """Note what the KV cache holds now, after a request with a prompt of ``prompt_tokens`` (None:
         unknown, it failed); call when no reply runs on it."""
-        self.cached = np.asarray(self.engine.kv_tokens(), dtype=np.int64) if enabled else _empty()
+        kv_tokens = getattr(self.engine, "kv_tokens", None)  # an engine in a child process has none
+        self.cached = np.asarray(kv_tokens(), dtype=np.int64) if enabled and kv_tokens else _empty()
         held = len(self.cached)
         self.held_prompt = held if prompt_tokens is None else min(prompt_tokens, held)
 

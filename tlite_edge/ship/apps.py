@@ -10,9 +10,10 @@ from pathlib import Path
 from gguf import Keys
 
 from tlite_edge.errors import TliteError
+from tlite_edge.gguf.keys import SAMPLING_KEYS
 from tlite_edge.gguf.reader import read_header
-from tlite_edge.ship.card import license_text
-from tlite_edge.ship.modelfile import MAX_CTX, STOPS, modelfile
+from tlite_edge.ship.card import license_text, model_for
+from tlite_edge.ship.modelfile import CHATML_STOPS, MAX_CTX, STOPS, chat_format, modelfile
 from tlite_edge.ship.paths import FOLDERS, Location, check_name, locate
 
 # Jan's legacy (model.json) prompt format; BOS is left to the runtime, as in the GGUF.
@@ -21,6 +22,13 @@ JAN_LEGACY_PROMPT = (
     "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
     "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
+JAN_CHATML_PROMPT = (
+    "<|im_start|>system\n{system_message}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+# GGUF architecture -> (Jan legacy prompt, its stops).
+JAN_LEGACY = {"llama": (JAN_LEGACY_PROMPT, STOPS[:1])}
+JAN_LEGACY.update({arch: (JAN_CHATML_PROMPT, CHATML_STOPS) for arch in ("qwen2", "qwen3")})
 
 
 @dataclass(frozen=True)
@@ -33,11 +41,14 @@ class ModelFacts:
     license: str | None
     size: int
     architecture: str = "llama"
+    chat_template: str | None = None
+    sampling: dict[str, float] = field(default_factory=dict)  # the GGUF's general.sampling.* values
 
     @classmethod
     def read(cls, path: Path) -> ModelFacts:
         kv = read_header(path).kv
         arch = kv.get(Keys.General.ARCHITECTURE, "llama")
+        sampling = {k: float(kv[key]) for k, key in SAMPLING_KEYS.items() if kv.get(key) is not None}
         return cls(
             path,
             str(kv.get(Keys.General.NAME) or path.stem),
@@ -45,6 +56,8 @@ class ModelFacts:
             kv.get(Keys.General.LICENSE),
             path.stat().st_size,
             str(arch),
+            kv.get(Keys.Tokenizer.CHAT_TEMPLATE),
+            sampling,
         )
 
 
@@ -81,12 +94,10 @@ def _pick(given: str | None, default: str) -> str:
 
 
 def _ollama(facts: ModelFacts, opts: ExportOptions, loc: Location) -> ExportPlan:
-    if facts.architecture != "llama":  # the Modelfile's TEMPLATE is Llama-3's
-        raise TliteError(
-            facts.path,
-            f"an Ollama Modelfile for {facts.architecture} (ChatML) models is not written yet; "
-            "LM Studio, Jan and GPT4All read the template from the GGUF",
-        )
+    chat = chat_format(facts.chat_template, facts.path)
+    known = model_for(facts.title, facts.architecture)
+    # the GGUF's sampling keys, and what the data file recommends beyond them (presence_penalty)
+    sampling = {**{k: v for k, v in known.sampling.items() if k not in SAMPLING_KEYS}, **facts.sampling}
     name = check_name(_pick(opts.name, facts.path.stem.lower()), "Ollama model name", allow_tag=True)
     folder = opts.folder or facts.path.parent  # a missing --dir is created when the plan runs
     target = folder / f"{name.replace(':', '-')}.Modelfile"
@@ -95,8 +106,10 @@ def _ollama(facts: ModelFacts, opts: ExportOptions, loc: Location) -> ExportPlan
         folder,
         context_length=facts.context_length,
         system=opts.system,
-        license_text=license_text(facts.license),
+        license_text=license_text(facts.license, known),
         title=facts.title,
+        chat=chat,
+        sampling=sampling,
     )
     plan = ExportPlan("ollama", loc, name, [Step("write", target, lambda _sha: text)])
     plan.command = ["ollama", "create", name, "-f", str(target)]
@@ -134,6 +147,7 @@ def _jan_yml(model_path: str, name: str, size: int, sha: str) -> str:
 
 
 def _jan_legacy(facts: ModelFacts, name: str) -> str:
+    prompt, stops = JAN_LEGACY.get(facts.architecture, JAN_LEGACY["llama"])
     data = {
         "sources": [{"filename": facts.path.name, "url": facts.path.name}],
         "id": name,
@@ -144,10 +158,10 @@ def _jan_legacy(facts: ModelFacts, name: str) -> str:
         "format": "gguf",
         "settings": {
             "ctx_len": min(facts.context_length or MAX_CTX, MAX_CTX),
-            "prompt_template": JAN_LEGACY_PROMPT,
+            "prompt_template": prompt,
             "llama_model_path": facts.path.name,
         },
-        "parameters": {"stop": list(STOPS[:1]), "max_tokens": 2048},
+        "parameters": {"stop": list(stops), "max_tokens": 2048},
         "metadata": {"size": facts.size, "tags": ["gguf", "ru"]},
         "engine": "nitro",
     }

@@ -8,22 +8,48 @@ from pathlib import Path
 from typing import Any
 
 from tlite_edge.errors import TliteError
+from tlite_edge.known_models import KnownModel, default_model, find_model, generic_model
 
-UPSTREAM = "t-bank-ai/T-lite-instruct-0.1"
-# The upstream card's warning, in our own words.
-CAUTION = (
-    "T-lite-instruct-0.1 is published as a starting point for further fine-tuning, not as a finished "
-    "chat assistant. Its answers are not guaranteed to be accurate, safe or appropriate: anyone who "
-    "puts it in front of users has to add their own tuning, filtering and review, and is the one "
-    "answerable for using it in a product or service."
-)
+UPSTREAM = default_model().hub_id
+# The upstream card's warning, in our own words (the default model's data file).
+CAUTION = default_model().caution
 EVAL_FIELDS = ("size", "ppl", "kld_mean", "kld_p99", "top1")
+# Template family -> what the conversion guarantees, for the card's opening paragraph.
+FAMILY_NOTES = {
+    "llama3": (
+        "ends turns at `<|eot_id|>` (eos = eot = 128009), labels the pre-tokenizer from the source "
+        "tokenizer.json (split regex and `ignore_merges`) and proves on the written file that llama.cpp "
+        "tokenizes exactly as Hugging Face `tokenizers` does, adds `<|begin_of_text|>` exactly once, and "
+        "carries a Llama-3 chat template that honours `add_generation_prompt`."
+    ),
+    "chatml": (
+        "ends turns at `<|im_end|>` (eos = eot; `<|endoftext|>` ends generation too, proved in llama.cpp), "
+        "adds no BOS, labels the pre-tokenizer from the source tokenizer.json and proves on the written file "
+        "that llama.cpp tokenizes exactly as Hugging Face `tokenizers` does, and carries the model's own "
+        "ChatML template (tools included)."
+    ),
+}
+FAMILY_NOTES["chatml-think"] = FAMILY_NOTES["chatml"].replace("(tools included)", "(reasoning and tools)")
+ARCH_TAGS = {"LlamaForCausalLM": "llama-3", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 
-def license_text(license_id: str | None) -> str:
+def model_for(name: str | None, architecture: str | None, base_model: str = "") -> KnownModel:
+    """The known model a GGUF's ``general.name`` (or the card's base model) names; a Llama file of another
+    name is taken for T-lite-instruct-0.1 (the default), any other one for a generic model of its
+    architecture."""
+    for found in (find_model(name), find_model(base_model)):
+        if found is not None and architecture in (None, found.gguf_arch):
+            return found
+    if architecture in (None, "llama"):
+        return default_model()
+    return generic_model(name or "model", architecture, base_model)
+
+
+def license_text(license_id: str | None, model: KnownModel | None = None) -> str:
     """Licence note for the Modelfile and the card: the weights keep the upstream licence."""
-    lic = license_id or "as stated by the upstream model card"
-    return f"Model weights: licence {lic}; see https://huggingface.co/{UPSTREAM}.\n\n{CAUTION}"
+    model = model if model is not None else default_model()
+    lic = license_id or model.license or "as stated by the upstream model card"
+    return f"Model weights: licence {lic}; see {model.license_url}.\n\n{model.caution}"
 
 
 @dataclass(frozen=True)
@@ -70,8 +96,10 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
-def front_matter(base_model: str, license_id: str | None, quantized_by: str, imatrix: bool) -> str:
-    tags = ["gguf", "llama-cpp", "llama-3", "russian", "t-lite", "quantized"]
+def front_matter(
+    base_model: str, license_id: str | None, quantized_by: str, imatrix: bool, arch_tag: str = "llama-3"
+) -> str:
+    tags = ["gguf", "llama-cpp", arch_tag, "russian", "t-lite", "quantized"]
     tags += ["imatrix"] if imatrix else []
     fields: list[tuple[str, Any]] = [
         ("base_model", base_model),
@@ -101,27 +129,29 @@ def render_card(
     extra_files: dict[str, str],
     quality: dict[str, dict[str, Any]],
     repo: str | None,
+    model: KnownModel | None = None,
 ) -> str:
-    """README.md of a release. ``extra_files``: file name -> what it is (imatrix, checksums...)."""
+    """README.md of a release. ``extra_files``: file name -> what it is (imatrix, checksums...);
+    ``model``: the known model (licence, caution, template family), T-lite-instruct-0.1 by default."""
+    model = model if model is not None else default_model()
+    license_id = license_id or model.license
     models = [f for f in files if f.level]
     repo_ref = repo or f"<you>/{title}-GGUF"
     pick = next((f for f in models if f.level == "Q4_K_M"), models[0] if models else None)
     example = pick.name if pick else f"{title}-Q4_K_M.gguf"
     level = pick.level if pick else "Q4_K_M"
-    out = [front_matter(base_model, license_id, quantized_by, any("imatrix" in n for n in extra_files))]
+    imatrix = any("imatrix" in n for n in extra_files)
+    out = [front_matter(base_model, license_id, quantized_by, imatrix, ARCH_TAGS[model.architecture])]
     out += [
         f"# {title} — GGUF",
         "",
         f"GGUF files of [{base_model}](https://huggingface.co/{base_model}) for llama.cpp and the apps "
-        "built on it, converted and quantized with tlite-edge. The conversion ends turns at `<|eot_id|>` "
-        "(eos = eot = 128009), labels the pre-tokenizer from the source tokenizer.json (split regex and "
-        "`ignore_merges`) and proves on the written file that llama.cpp tokenizes exactly as Hugging Face "
-        "`tokenizers` does, adds `<|begin_of_text|>` exactly once, and carries "
-        "a Llama-3 chat template that honours `add_generation_prompt`.",
+        "built on it, converted and quantized with tlite-edge. The conversion "
+        + FAMILY_NOTES[model.template_family],
         "",
         "## Intended use",
         "",
-        CAUTION,
+        model.caution,
         "",
         "## Files",
         "",
@@ -189,7 +219,7 @@ def render_card(
         "",
         "## Licence",
         "",
-        license_text(license_id).split("\n\n")[0],
+        license_text(license_id, model).split("\n\n")[0],
         "",
     ]
     return "\n".join(out)

@@ -17,7 +17,7 @@ from tlite_edge.fsutil import _umask, atomic_output, make_dirs, sha256_file, sid
 from tlite_edge.gguf.reader import read_header
 from tlite_edge.quant.levels import Advance, quantize_levels
 from tlite_edge.quant.profiles import Profile, load_profiles, select
-from tlite_edge.ship.card import UPSTREAM, FileRow, read_eval, render_card
+from tlite_edge.ship.card import UPSTREAM, FileRow, model_for, read_eval, render_card
 from tlite_edge.ship.checks import find_problems
 
 IMATRIX_NOTE = "importance matrix (llama-imatrix GGUF format; `llama-quantize --imatrix` reads it)"
@@ -74,10 +74,12 @@ def bf16_source(source: str, work: Path, opts: ReleaseOptions, log: Callable[[st
         read_header(path)
         return path
     from tlite_edge.gguf_build.build import convert
+    from tlite_edge.known_models import find_model
     from tlite_edge.source import resolve_source
 
     folder, name = resolve_source(source, opts.revision)
-    result = convert(folder, name=opts.name or name, outtype="bf16", out_dir=work)
+    known = find_model(source)
+    result = convert(folder, name=opts.name or name, outtype="bf16", out_dir=work, known=known)
     for fix in result.fixes:
         log(f"fixed: {fix}")
     sidecar_path(result.path).unlink(missing_ok=True)
@@ -152,6 +154,13 @@ def _build(
         )
     kv = header.kv
     base = str(kv.get(Keys.General.NAME) or bf16.stem.rsplit("-", 1)[0])
+    default_base = opts.base_model == UPSTREAM  # the default names T-lite-instruct-0.1
+    model = model_for(base, kv.get(Keys.General.ARCHITECTURE), "" if default_base else opts.base_model)
+    if default_base and model.hub_id != UPSTREAM:
+        if model.hub_ids:
+            opts.base_model = model.hub_id  # a known model other than the default
+        else:
+            opts.warnings.append(f"{base} is no known model: pass --base-model for the card's base_model")
     extra: dict[str, str] = {}
     imatrix = None
     if opts.imatrix is not None or opts.calibrate:
@@ -195,6 +204,7 @@ def _build(
         extra_files=extra,
         quality=quality,
         repo=opts.repo,
+        model=model,
     )
     with atomic_output(work / "README.md") as fh:
         fh.write(card.encode("utf-8"))

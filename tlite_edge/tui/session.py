@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 TRANSCRIPT_FORMAT = "tlite-edge-chat"
 TRANSCRIPT_VERSION = 1
 ROLES = ("system", "user", "assistant")
+TRANSCRIPT_KEYS = {"role", "content", "reasoning_content"}
 HISTORY_ENV = "TLITE_EDGE_HISTORY"
 # sys.platform -> (environment variable with the per-user state folder, fallback under the home folder)
 STATE_DIRS = {
@@ -68,7 +69,10 @@ HELP = [
     ("/save FILE", "write the conversation and settings to a JSON file"),
     ("/load FILE", "continue a conversation saved with /save"),
     ("/set [KEY VALUE]", "show the settings, or set one: " + ", ".join(SETTINGS)),
+    ("/format FILE|json|off", "answer with JSON that follows the schema in FILE, any JSON object, or text"),
     ("/stats", "show or hide the speed line after each reply"),
+    ("/think, /no_think", "thinking on or off (Qwen3; at the end of a message: for that message)"),
+    ("/hide_thinking", "show or hide the model's thinking"),
     ("/exit", "leave (also /quit, Ctrl-D, or Ctrl-C twice at an empty prompt)"),
 ]
 KEYS = [
@@ -114,7 +118,7 @@ def save_transcript(path: Path, chat: Chat, model: str) -> None:
         "format": TRANSCRIPT_FORMAT,
         "version": TRANSCRIPT_VERSION,
         "model": Path(model).name,
-        "sampling": chat.sampling.as_dict(),
+        "sampling": {k: v for k, v in chat.sampling.as_dict().items() if k in SETTINGS},
         "messages": [m.as_dict() for m in chat.messages],
     }
     with atomic_output(path) as fh:
@@ -140,13 +144,15 @@ def load_transcript(path: Path, base: Sampling) -> tuple[list[dict[str, str]], S
         raise TliteError(path, '"messages" must be a list')
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise TliteError(path, f'messages[{i}] must be an object with exactly "role" and "content"')
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m) <= TRANSCRIPT_KEYS:
+            raise TliteError(path, f'messages[{i}] must be an object with "role" and "content"')
+        if not isinstance(m.get("reasoning_content", ""), str):
+            raise TliteError(path, f"messages[{i}].reasoning_content must be a string")
         if m["role"] not in ROLES or (m["role"] == "system" and i != 0):
             raise TliteError(path, f"messages[{i}].role must be {'/'.join(ROLES)} (system only first)")
         if not isinstance(m["content"], str):
             raise TliteError(path, f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({k: m[k] for k in m if k != "reasoning_content" or m["role"] == "assistant"})
     sampling = data.get("sampling", {})
     if not isinstance(sampling, dict):
         raise TliteError(path, '"sampling" must be an object')
@@ -182,6 +188,7 @@ class ChatSession:
         self.chat = chat
         self.console = console
         self.show_stats = show_stats
+        self.hide_thinking = False
 
     def note(self, text: str, style: str = "dim") -> None:
         self.console.print(Text(text, style=style))
@@ -251,6 +258,8 @@ class ChatSession:
         if not arg:
             table = Table(show_header=False, box=None)
             for key, value in self.chat.sampling.as_dict().items():
+                if key not in SETTINGS:
+                    continue
                 none_word = SETTINGS[key].none_word if key in SETTINGS else None
                 table.add_row(key, str(none_word if value is None else value))
             self.console.print(table)
@@ -262,9 +271,36 @@ class ChatSession:
         self.chat.sampling = _with(self.chat.sampling, {name: parsed})
         self.note(f"{name} = {SETTINGS[name].none_word if parsed is None else parsed}")
 
+    def format(self, arg: str) -> None:
+        """/format FILE|json|off: answers that follow a JSON schema file, any JSON object, or free text."""
+        from tlite_edge.runtime.grammar import JSON_OBJECT_GRAMMAR, load_schema_grammar
+
+        arg = arg.strip()
+        if not arg:
+            raise TliteError(None, "usage: /format FILE|json|off")
+        fixed = {"off": None, "json": JSON_OBJECT_GRAMMAR}
+        grammar = fixed[arg.lower()] if arg.lower() in fixed else load_schema_grammar(Path(arg).expanduser())
+        self.chat.sampling = _with(self.chat.sampling, {"grammar": grammar})
+        what = {"off": "free text", "json": "a JSON object"}.get(arg.lower(), f"JSON following {arg}")
+        self.note(f"answers: {what}")
+
     def stats(self, _: str) -> None:
         self.show_stats = not self.show_stats
         self.note(f"stats {'on' if self.show_stats else 'off'}")
+
+    def think(self, arg: str, on: bool = True) -> None:
+        if not self.engine.caps.thinking:
+            self.warn("this model's chat template has no thinking switch")
+            return
+        self.chat.think = on
+        self.note(f"thinking {'on' if on else 'off'}")
+
+    def no_think(self, arg: str) -> None:
+        self.think(arg, on=False)
+
+    def toggle_thinking(self, _: str) -> None:
+        self.hide_thinking = not self.hide_thinking
+        self.note(f"thinking {'hidden' if self.hide_thinking else 'shown'}")
 
     def exit(self, _: str) -> object:
         return EXIT
@@ -279,7 +315,11 @@ COMMANDS: dict[str, Callable[[ChatSession, str], Any]] = {
     "/save": ChatSession.save,
     "/load": ChatSession.load,
     "/set": ChatSession.set,
+    "/format": ChatSession.format,
     "/stats": ChatSession.stats,
+    "/think": ChatSession.think,
+    "/no_think": ChatSession.no_think,
+    "/hide_thinking": ChatSession.toggle_thinking,
     "/exit": ChatSession.exit,
     "/quit": ChatSession.exit,
 }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings
+from rich.console import Group
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.text import Text
@@ -74,15 +75,22 @@ def stream(reply: Reply, session: ChatSession) -> None:
     """Show a reply as it comes, as Markdown; Ctrl-C stops it. Notices and stats follow."""
     console = session.console
     old = signal.signal(signal.SIGINT, lambda *_: reply.stop())
-    text, shown = "", 0.0
+    text, thinking, shown = "", "", 0.0
+
+    def view() -> Group:  # the thinking dimmed above the answer
+        return Group(*([Text(thinking, style="dim italic")] if thinking else []), Markdown(text))
+
     try:
         with Live(Text(""), console=console, refresh_per_second=12, vertical_overflow="visible") as live:
-            for piece in reply:
-                text += piece
+            for part in reply.parts():
+                if part.kind == "content":
+                    text += part.text
+                elif part.kind == "reasoning" and not session.hide_thinking:
+                    thinking += part.text
                 if time.monotonic() - shown > RENDER_EVERY_S:
-                    live.update(Markdown(text))
+                    live.update(view())
                     shown = time.monotonic()
-            live.update(Markdown(text))
+            live.update(view())
     finally:
         signal.signal(signal.SIGINT, old)
     if reply.stats.finish_reason == "stopped":
@@ -116,6 +124,8 @@ def interact(session: ChatSession) -> int:
     )
     for warning in session.engine.warnings:
         session.warn(f"warning: {warning}")
+    for notice in session.chat.notices:
+        session.warn(notice)
     armed = False  # a first Ctrl-C at an empty prompt was pressed
     while True:
         try:
