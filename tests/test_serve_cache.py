@@ -250,3 +250,20 @@ def test_langchain_chat_and_stream(cached: Server) -> None:
     for chunk in chunks[1:]:
         total += chunk
     assert total.usage_metadata["input_tokens"] == ref.usage.prompt_tokens
+
+
+def test_langchain_structured_output(cached: Server) -> None:
+    from langchain_openai import ChatOpenAI
+
+    schema = {
+        "title": "capital",
+        "description": "A capital city",
+        "type": "object",
+        "properties": {"capital": {"type": "string", "enum": ["Paris", "Berlin", "Rome", "Madrid"]}},
+        "required": ["capital"],
+        "additionalProperties": False,
+    }
+    llm = ChatOpenAI(base_url=cached.url, api_key=KEY, model="SmolLM2-135M-Instruct.Q4_1",
+                     temperature=0, max_tokens=48, max_retries=0)  # fmt: skip
+    out = llm.with_structured_output(schema, method="json_schema").invoke("What is the capital of France?")
+    assert set(out) == {"capital"} and out["capital"] in schema["properties"]["capital"]["enum"]
