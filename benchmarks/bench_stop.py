@@ -1,6 +1,6 @@
 """Cost of `serve`'s stop-sequence matching per generated token, against no stop at all.
 
-The matcher (tlite_edge/serve/pool.py) runs one Knuth-Morris-Pratt automaton per stop sequence, so a
+The matcher (tlite_edge/serve/stops.py) runs one Knuth-Morris-Pratt automaton per stop sequence, so a
 token costs time linear in its own length whatever the stop lengths. Measured on ordinary text and on
 adversarial text that keeps a long stop almost matched (``aaa…a`` against ``aaa…ab``):
 

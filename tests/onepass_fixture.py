@@ -12,6 +12,7 @@ from tlite_edge.samples.standin import (
     UPSTREAM_TEMPLATE,
     StandinShape,
     bf16,
+    llama_config,
     standin_tokenizer,
     standin_weights,
     write_json,
@@ -46,26 +47,7 @@ def write_small_tlite(out: Path, seed: int = 3, shape: StandinShape = SHAPE) -> 
     out.mkdir(parents=True, exist_ok=True)
     weights = standin_weights(shape, seed)
     write_safetensors(out / "model.safetensors", {n: bf16(w) for n, w in weights.items()})
-    write_json(
-        out / "config.json",
-        {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": shape.hidden,
-            "num_hidden_layers": shape.layers,
-            "num_attention_heads": shape.heads,
-            "num_key_value_heads": shape.kv_heads,
-            "intermediate_size": shape.ffn,
-            "vocab_size": shape.vocab,
-            "max_position_embeddings": shape.context,
-            "rope_theta": 500000.0,
-            "rms_norm_eps": 1e-5,
-            "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16",
-            "bos_token_id": BASE,
-            "eos_token_id": BASE + 9,
-        },
-    )
+    write_json(out / "config.json", llama_config(shape, bos=BASE, eos=BASE + 9))
     tok = small_tokenizer()
     (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
     write_json(

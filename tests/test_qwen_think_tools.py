@@ -138,12 +138,17 @@ def test_chat_history_keeps_reasoning(engine: Engine) -> None:
 
 
 @pytest.fixture(scope="module")
-def api(engine: Engine) -> Iterator[openai.OpenAI]:
+def http(engine: Engine) -> Iterator[TestClient]:
     pool = Pool([engine], max_queue=4)
     cfg = ServeConfig(model_id="qwen", model_names=frozenset({"qwen"}), created=0, n_ctx=engine.n_ctx)
-    with TestClient(build_app(pool, cfg), base_url="http://testserver") as http:
-        yield openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http, max_retries=0)
+    with TestClient(build_app(pool, cfg), base_url="http://testserver") as client:
+        yield client
     pool.executor.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def api(http: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http, max_retries=0)
 
 
 ASK = [{"role": "user", "content": "Привет"}]
@@ -288,3 +293,33 @@ def test_forced_tool_choice_validates(api: openai.OpenAI, choice: Any) -> None:
         (call,) = out.message.tool_calls
         assert call.function.name == "book"
         jsonschema.validate(json.loads(call.function.arguments), BOOKING["function"]["parameters"])
+
+
+def test_langchain_tool_call(http: TestClient) -> None:
+    """LangChain's ChatOpenAI with a bound, forced tool: the call comes back parsed and valid."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url="http://testserver/v1",
+        api_key="k",
+        model="qwen",
+        http_client=http,
+        temperature=1.0,
+        seed=3,
+        max_tokens=200,
+        max_retries=0,
+    )
+    bound = llm.bind_tools([BOOKING], tool_choice="book", parallel_tool_calls=False)
+    msg = bound.invoke([HumanMessage("Забронируй Омск")])
+    (call,) = msg.tool_calls
+    assert call["name"] == "book" and call["id"].startswith("call_")
+    jsonschema.validate(call["args"], BOOKING["function"]["parameters"])
+    # the result goes back as a tool message; the model then answers in text (tools offered, not forced)
+    answer = llm.bind_tools([BOOKING]).invoke(
+        [HumanMessage("Забронируй Омск"), msg, ToolMessage("готово <|im_end|>", tool_call_id=call["id"])],
+        temperature=0,
+        max_tokens=8,
+    )
+    assert isinstance(answer.content, str) and answer.response_metadata["finish_reason"] in ("stop", "length")

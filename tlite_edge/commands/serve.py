@@ -66,6 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     number("--keep-alive", float, "seconds an idle connection stays open ({:g})")
     number("--max-client-connections", int, "open connections per client address ({})")
+    p.add_argument(
+        "--no-prompt-cache",
+        dest="prompt_cache",
+        action="store_false",
+        help="evaluate every prompt whole: no slot affinity, each slot's KV cache cleared per request",
+    )
     add_rpc_arguments(p)
     p.set_defaults(func=run)
 
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout=args.body_timeout,
             keep_alive=args.keep_alive,
             max_client_connections=args.max_client_connections,
+            prompt_cache=args.prompt_cache,
             rpc=tuple(args.rpc.split(",")) if args.rpc else (),
             tensor_split=args.tensor_split,
         )

@@ -284,6 +284,14 @@ class Engine:
     def close(self) -> None:
         self.llm.close()
 
+    def kv_tokens(self) -> list[int]:
+        """The ids the KV cache holds: what the next prompt is prefix-matched against (no reply running)."""
+        return self.llm.input_ids[: self.llm.n_tokens].tolist()
+
+    def clear_kv(self) -> None:
+        """Forget the KV cache: the next prompt is evaluated whole (no reply running)."""
+        self.llm.reset()
+
     # ---- tokens --------------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:

@@ -169,6 +169,28 @@ def standin_tokenizer(ignore_merges: bool | None = True, bos_post_processor: boo
     return tokenizer
 
 
+def llama_config(shape: StandinShape, *, bos: int, eos: int) -> dict[str, object]:
+    """config.json of a Llama-3-shaped checkpoint (bf16, untied output, Llama-3's rope)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": shape.hidden,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "intermediate_size": shape.ffn,
+        "vocab_size": shape.vocab,
+        "max_position_embeddings": shape.context,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    }
+
+
 def write_standin(
     out: Path,
     *,
@@ -201,27 +223,7 @@ def write_standin(
     write_json(
         out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
     )
-    write_json(
-        out / "config.json",
-        {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": shape.hidden,
-            "num_hidden_layers": shape.layers,
-            "num_attention_heads": shape.heads,
-            "num_key_value_heads": shape.kv_heads,
-            "intermediate_size": shape.ffn,
-            "vocab_size": shape.vocab,
-            "max_position_embeddings": shape.context,
-            "rope_theta": 500000.0,
-            "rms_norm_eps": 1e-5,
-            "hidden_act": "silu",
-            "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16",
-            "bos_token_id": 128000,
-            "eos_token_id": 128009,
-        },
-    )
+    write_json(out / "config.json", llama_config(shape, bos=128000, eos=128009))
     (out / "README.md").write_text(
         "---\nlanguage:\n- ru\nlicense: other\n---\n\nRandom weights, shaped like T-lite-instruct-0.1.\n",
         encoding="utf-8",

@@ -1,7 +1,8 @@
 """The ASGI app: routes, API-key check, body limit, SSE streaming, JSON errors and the access log.
 
-Every answer is JSON (errors in OpenAI's ``{"error": {...}}`` shape, never a traceback, never a
-redirect); every request leaves one JSON line in the access log (no message text, no key).
+Every answer but ``/metrics`` (Prometheus text) is JSON (errors in OpenAI's ``{"error": {...}}``
+shape, never a traceback, never a redirect); every request leaves one JSON line in the access log
+(no message text, no key).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hmac
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tlite_edge.runtime.types import reply_budget
+from tlite_edge.serve.metrics import CONTENT_TYPE
 from tlite_edge.serve.pool import Job, Outcome, Pool
 from tlite_edge.serve.protocol import LOG_KEY, ApiError, Shaper, bad, parse_json, parse_request, sse
 from tlite_edge.serve.wire import CLOSED_KEY, DROPPED_KEY, REFUSE_KEY
@@ -42,6 +44,7 @@ class ServeConfig:
     max_messages: int = 256
     timeout: float = 300.0
     stall_timeout: float = 30.0  # a streamed answer the client stops reading is dropped after this
+    meta: dict[str, Any] = field(default_factory=dict)  # model facts for /v1/models (llama-server's "meta")
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -122,7 +125,9 @@ def _log_outcome(scope: Scope, outcome: Outcome) -> None:
     entry["finish_reason"] = outcome.finish or None
     if outcome.usage:
         entry.update(
-            prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens
+            prompt_tokens=outcome.usage.prompt_tokens,
+            cached_tokens=outcome.usage.cached_tokens,
+            completion_tokens=outcome.usage.completion_tokens,
         )
     if outcome.cancelled:
         entry["cancelled"] = outcome.cancelled
@@ -152,6 +157,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             "created": cfg.created,
             "owned_by": "tlite-edge",
             "context_length": cfg.n_ctx,
+            "meta": {"n_ctx": cfg.n_ctx, **cfg.meta},
         }
 
     async def health(request: Request) -> JSONResponse:
@@ -167,6 +173,10 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             },
             status_code=200 if ok else 503,
         )
+
+    async def metrics(request: Request) -> Response:
+        authorize(request)
+        return Response(pool.metrics.render(pool.gauges()), media_type=CONTENT_TYPE)
 
     async def models(request: Request) -> JSONResponse:
         authorize(request)
@@ -194,7 +204,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
             raise bad(f"max_tokens is {req.max_tokens}, more than the context ({cfg.n_ctx})", "max_tokens")
         deadline = time.monotonic() + cfg.timeout
         job = await pool.submit(req, deadline)
-        entry["queue_ms"] = round(job.queue_seconds * 1000, 1)
+        entry.update(queue_ms=round(job.queue_seconds * 1000, 1), slot=job.slot)
         events = job.stream(deadline)
         try:
             kind_, value = await anext(events)
@@ -244,6 +254,7 @@ def build_app(pool: Pool, cfg: ServeConfig) -> Starlette:
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),

@@ -171,6 +171,7 @@ class IsolatedEngine:
                 elif kind == "end":
                     job.outcome.finish = event["finish"]
                     job.outcome.usage = Usage(*event["usage"])
+                    job.outcome.first_token = event.get("first_token")
                     job._emit("end", job.outcome)
                     return
                 elif kind == "error":
@@ -228,7 +229,8 @@ class PipeJob(Job):
                 {
                     "kind": kind,
                     "finish": self.outcome.finish,
-                    "usage": [usage.prompt_tokens, usage.completion_tokens],
+                    "usage": [usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens],
+                    "first_token": self.outcome.first_token,
                 }
             )
         elif kind == "error":

@@ -1,25 +1,33 @@
 """N engines working at once, a bounded queue in front of them, generation in worker threads.
 
-A request takes a free engine or waits in the queue (full queue: 503 with Retry-After); its reply
-runs in a thread and streams pieces to the event loop; the engine goes back to the pool only when
-that thread has finished, so a stopped or abandoned reply never leaves a slot half used.
+A request takes a free slot (with the prompt cache on, the one whose KV cache it reuses best:
+``slots.choose``) or waits in the queue, first come first served (full queue: 503 with Retry-After);
+its reply runs in a thread and streams pieces to the event loop; the slot goes back to the pool only
+when that thread has finished, so a stopped or abandoned reply never leaves a slot half used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime.types import reply_budget
+from tlite_edge.serve.metrics import ServeMetrics
 from tlite_edge.serve.protocol import ApiError, Request, Usage
+from tlite_edge.serve.slots import Slot, choose, prompt_ids
+from tlite_edge.serve.stops import StopMatcher
 
 if TYPE_CHECKING:
     from tlite_edge.runtime import Engine, Reply
@@ -28,61 +36,9 @@ if TYPE_CHECKING:
 # runtime finish reason -> OpenAI finish reason
 FINISH = {"stop": "stop", "length": "length", "stopped": "stop"}
 SERVICE_EWMA = 0.2  # weight of the newest request in the average service time (for Retry-After)
-
-
-def _failure(stop: str) -> list[int]:
-    """KMP failure table: for each prefix length k, the longest proper border of ``stop[:k]``."""
-    table, k = [0] * (len(stop) + 1), 0
-    for i in range(1, len(stop)):
-        while k and stop[i] != stop[k]:
-            k = table[k]
-        if stop[i] == stop[k]:
-            k += 1
-        table[i + 1] = k
-    return table
-
-
-class StopMatcher:
-    """Streams text through, holding back what could be the start of a stop sequence.
-
-    One automaton per stop sequence (Knuth-Morris-Pratt): each generated character is looked at a
-    constant number of times (amortized), so a long stop string costs time linear in the text.
-    """
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops, self.held = stops, ""
-        self.tables = [_failure(s) for s in stops]
-        self.states = [0] * len(stops)  # per stop: how many of its first characters end the text so far
-
-    def _step(self, i: int, ch: str) -> int:
-        stop, table, k = self.stops[i], self.tables[i], self.states[i]
-        if k == len(stop):
-            k = table[k]
-        while k and stop[k] != ch:
-            k = table[k]
-        if stop[k] == ch:
-            k += 1
-        self.states[i] = k
-        return k
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """(text safe to send, whether a stop sequence was found: nothing after it is sent)."""
-        text = self.held + piece
-        if not self.stops:
-            return text, False
-        base = len(self.held)
-        for j, ch in enumerate(piece):
-            ends = [len(s) for i, s in enumerate(self.stops) if self._step(i, ch) == len(s)]
-            if ends:
-                self.held = ""
-                return text[: base + j + 1 - max(ends)], True
-        keep = max(self.states)
-        self.held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep], False
-
-    def flush(self) -> str:
-        text, self.held = self.held, ""
-        return text
+# A client's next turn can arrive while the thread of its previous reply, whose answer it has read,
+# is still closing: wait this long for that slot rather than go to another one.
+ENDING_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +67,7 @@ class Outcome:
     usage: Usage | None = None
     text: str = ""
     cancelled: str = ""  # why the server stopped it: "disconnect", "timeout"
+    first_token: float | None = None  # seconds from the reply's start to its first sampled token
     logprobs: list[TokenInfo] | None = None  # per token sent, when the request asked for them
     reasoning: str = ""
     tool_calls: list[dict[str, Any]] | None = None
@@ -126,7 +83,9 @@ class Job:
         self.reply: Reply | None = None
         self._lock = threading.Lock()
         self.done = threading.Event()  # the thread has finished (the outcome is complete)
+        self.ended = False  # the answer is complete (set before the client can see its end)
         self.queue_seconds = 0.0
+        self.slot = -1  # the slot it runs on
 
     def cancel(self, why: str) -> None:
         """Stop the generation (safe from the loop while the thread runs)."""
@@ -136,6 +95,8 @@ class Job:
                 self.reply.stop()
 
     def _emit(self, kind: str, value: object) -> None:
+        if kind in ("end", "error"):
+            self.ended = True
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
     def run(self, engine: Engine) -> None:
@@ -204,9 +165,13 @@ class Job:
         if tail or pending:
             send(tail)
         self.outcome.finish = "stop" if found else FINISH[reply.stats.finish_reason or "stopped"]
+        stats = reply.stats
+        cached = max(0, stats.prompt_tokens - stats.evaluated_tokens) if stats.time_to_first_token else 0
+        self.outcome.usage = Usage(stats.prompt_tokens, stats.generated_tokens, cached)
+        if stats.time_to_first_token:  # 0: stopped while reading the prompt
+            self.outcome.first_token = stats.time_to_first_token
         if self.outcome.tool_calls and self.outcome.finish == "stop":
             self.outcome.finish = "tool_calls"
-        self.outcome.usage = Usage(reply.stats.prompt_tokens, reply.stats.generated_tokens)
         self._emit("end", self.outcome)
 
     async def stream(self, deadline: float) -> AsyncIterator[tuple[str, object]]:
@@ -287,74 +252,142 @@ def start_reply(engine: Engine, req: Request) -> Reply:
 
 
 class Pool:
-    """The engines, the queue in front of them and the worker threads."""
+    """The slots, the queue in front of them and the worker threads."""
 
-    def __init__(self, engines: list[Engine], max_queue: int) -> None:
-        self.engines, self.max_queue = engines, max_queue
-        self.free: asyncio.Queue[Engine] | None = None
+    def __init__(self, engines: list[Engine], max_queue: int, prompt_cache: bool = True) -> None:
+        self.engines, self.max_queue, self.prompt_cache = engines, max_queue, prompt_cache
+        self.slots = [Slot(i, engine) for i, engine in enumerate(engines)]
+        self.waiters: deque[asyncio.Future[Slot]] = deque()  # first come, first served
         self.waiting = 0
         self.jobs: set[Job] = set()
         self.service_seconds = 1.0
+        self.metrics = ServeMetrics()
+        self._released = asyncio.Event()  # set (and replaced) whenever a slot is released
         self.executor = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="generate")
         # extra /health fields and whether the server can answer ("ok"), e.g. the RPC workers' state
         self.health: Callable[[], dict[str, Any]] | None = None
 
-    def _free(self) -> asyncio.Queue[Engine]:
-        if self.free is None:  # made on first use, inside the server's event loop
-            self.free = asyncio.Queue()
-            for engine in self.engines:
-                self.free.put_nowait(engine)
-        return self.free
-
     @property
     def busy(self) -> int:
-        return len(self.engines) - self._free().qsize()
+        return sum(slot.busy for slot in self.slots)
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue ahead, served N at a time."""
         ahead = self.waiting + self.busy
         return max(1, math.ceil(self.service_seconds * ahead / len(self.engines)))
 
+    async def _prompt(self, req: Request) -> np.ndarray | None:
+        """The request's prompt ids for choosing a slot (None: no choice to make, or it does not build;
+        then the reply itself reports why)."""
+        if not self.prompt_cache or len(self.slots) == 1:
+            return None
+        loop = asyncio.get_running_loop()
+        try:  # any engine's vocabulary will do; tokenizing is safe next to a running decode
+            return await loop.run_in_executor(None, prompt_ids, self.slots[0].engine, req)
+        except Exception:
+            return None
+
     async def submit(self, req: Request, deadline: float) -> Job:
-        """Wait for an engine (or refuse: full queue, or no slot before the deadline) and start the job."""
-        free = self._free()
-        if free.empty() and self.waiting >= self.max_queue:
-            raise self._busy(
-                f"all {len(self.engines)} slots are busy and the queue ({self.max_queue}) is full"
-            )
+        """Take a slot (or refuse: full queue, or no slot before the deadline) and start the job."""
         t0 = time.monotonic()
-        self.waiting += 1
-        getter = asyncio.ensure_future(free.get())  # not wait_for: an engine must never get lost
-        try:
-            await asyncio.wait({getter}, timeout=max(deadline - t0, 0.001))
-        except BaseException:
-            if getter.done() and not getter.cancelled():
-                free.put_nowait(getter.result())
-            getter.cancel()
-            raise
-        finally:
-            self.waiting -= 1
-        if not getter.done():
-            getter.cancel()
-            raise self._busy("no slot became free within the server's time limit")
-        engine = getter.result()
+        prompt = await self._prompt(req)
+        slot = await self._take(prompt, deadline) or await self._wait(deadline)
         loop = asyncio.get_running_loop()
         job = Job(req, loop)
-        job.queue_seconds = time.monotonic() - t0
+        job.queue_seconds, job.slot = time.monotonic() - t0, slot.index
+        slot.job = job
         self.jobs.add(job)
-        future = loop.run_in_executor(self.executor, job.run, engine)
+        future = loop.run_in_executor(self.executor, self._run, slot, job)
         future.add_done_callback(
-            lambda f: self._release(engine, job, time.monotonic() - t0 - job.queue_seconds)
+            lambda f: self._release(slot, job, time.monotonic() - t0 - job.queue_seconds)
         )
         return job
 
-    def _release(self, engine: Engine, job: Job, seconds: float) -> None:
+    async def _take(self, prompt: np.ndarray | None, deadline: float) -> Slot | None:
+        """The best free slot for ``prompt`` (None: none is free). A slot whose reply has ended but
+        whose thread is still closing counts as free: it is waited for (at most ``ENDING_WAIT``)."""
+        end = min(deadline, time.monotonic() + ENDING_WAIT)
+        while True:
+            free = [s for s in self.slots if not s.busy]
+            ending = [s for s in self.slots if s.busy and s.job is not None and s.job.ended]
+            if not free:
+                return None
+            left = end - time.monotonic()
+            slot, _ = choose(free + ending if prompt is not None and left > 0 else free, prompt)
+            if not slot.busy:
+                slot.busy = True
+                return slot
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._released.wait(), left)
+
+    async def _wait(self, deadline: float) -> Slot:
+        """Queue for the next slot released (it arrives busy, already ours)."""
+        if self.waiting >= self.max_queue:
+            raise self._busy(
+                f"all {len(self.engines)} slots are busy and the queue ({self.max_queue}) is full"
+            )
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.waiting += 1
+        try:
+            await asyncio.wait({waiter}, timeout=max(deadline - time.monotonic(), 0.001))
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        finally:
+            self.waiting -= 1
+        if not waiter.done():
+            self._abandon(waiter)
+            raise self._busy("no slot became free within the server's time limit")
+        return waiter.result()
+
+    def _abandon(self, waiter: asyncio.Future[Slot]) -> None:
+        """A waiter that gave up: a slot handed to it meanwhile goes on (a slot must never get lost)."""
+        if waiter.done() and not waiter.cancelled():
+            self._hand_over(waiter.result())
+        else:
+            waiter.cancel()
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+
+    def _run(self, slot: Slot, job: Job) -> None:
+        if not self.prompt_cache and hasattr(slot.engine, "clear_kv"):  # check_config: not with --rpc
+            slot.engine.clear_kv()
+        job.run(slot.engine)
+
+    def _release(self, slot: Slot, job: Job, seconds: float) -> None:
         self.jobs.discard(job)
         self.service_seconds += SERVICE_EWMA * (seconds - self.service_seconds)
-        self._free().put_nowait(engine)
+        usage, first = job.outcome.usage, job.outcome.first_token
+        if usage is not None:
+            ttft = None if first is None else job.queue_seconds + first
+            self.metrics.generation(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, ttft)
+        slot.used, slot.job = time.monotonic(), None
+        slot.remember(self.prompt_cache, None if usage is None else usage.prompt_tokens)
+        self._hand_over(slot)
+        self._released.set()
+        self._released = asyncio.Event()
+
+    def _hand_over(self, slot: Slot) -> None:
+        """Give a released slot to the first live waiter, else mark it free."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        slot.busy = False
 
     def _busy(self, message: str) -> ApiError:
         return ApiError(503, message, code="server_busy", headers={"Retry-After": str(self.retry_after())})
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """The /metrics gauges, now."""
+        return {
+            "queue_depth": ("Requests waiting for a slot.", self.waiting),
+            "queue_max": ("Most requests that may wait for a slot.", self.max_queue),
+            "slots_busy": ("Slots generating a reply.", self.busy),
+            "slots_total": ("Slots (engines).", len(self.slots)),
+        }
 
     def stop_all(self, why: str = "shutdown") -> None:
         for job in list(self.jobs):

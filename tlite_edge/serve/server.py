@@ -68,6 +68,7 @@ class ServerConfig:
     body_timeout: float = 30.0  # also how long a stream may wait for a reader
     keep_alive: float = 5.0
     max_client_connections: int = 32  # open connections per client address
+    prompt_cache: bool = True  # route requests to the slot holding their prefix, reuse its KV cache
     rpc: tuple[str, ...] = ()  # llama.cpp RPC workers (HOST:PORT) holding part of the layers
     tensor_split: str | None = None  # "A,B[,LOCAL]" shares of the layers (default: by free memory)
 
@@ -97,6 +98,8 @@ def check_config(cfg: ServerConfig) -> str | None:
         value = getattr(cfg, attr)
         if value is not None and not (math.isfinite(value) and value >= least):
             raise TliteError(None, f"{flag} must be a number of at least {least}, got {value}")
+    if cfg.rpc and not cfg.prompt_cache:
+        raise TliteError(None, "--no-prompt-cache is not available with --rpc (the model runs in a child)")
     from tlite_edge.serve.guard import check_origin
 
     for origin in cfg.cors_origins:
@@ -190,6 +193,16 @@ def load_engines(cfg: ServerConfig) -> list[Engine]:
     return engines
 
 
+def model_meta(engine: Engine) -> dict[str, Any]:
+    """What ``/v1/models`` tells of the model besides the context (the fields llama-server's ``meta`` has)."""
+    s = engine.settings
+    meta = {"n_ctx_train": s.n_ctx_train, "n_params": s.n_params, "size": s.model_bytes}
+    llm = getattr(engine, "llm", None)  # None: the model is in a child process (serve --rpc)
+    if llm is not None:
+        meta.update(n_vocab=llm.n_vocab(), n_embd=llm.n_embd())
+    return meta
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -211,7 +224,7 @@ def serve(cfg: ServerConfig) -> int:
 
     json_logging(log_line)
     engines = load_engines(cfg)
-    pool = Pool(engines, cfg.max_queue)
+    pool = Pool(engines, cfg.max_queue, prompt_cache=cfg.prompt_cache)
     pool.health = getattr(engines[0], "status", None)
     stem = cfg.model.name.removesuffix(".gguf")
     app_cfg = ServeConfig(
@@ -224,6 +237,7 @@ def serve(cfg: ServerConfig) -> int:
         max_messages=cfg.max_messages,
         timeout=cfg.timeout,
         stall_timeout=cfg.body_timeout,
+        meta=model_meta(engines[0]),
     )
     host, port = sock.getsockname()[:2]
     origins = frozenset(check_origin(o) for o in cfg.cors_origins)
@@ -234,7 +248,12 @@ def serve(cfg: ServerConfig) -> int:
         max_per_client=cfg.max_client_connections,
         max_connections=max(512, 4 * (cfg.parallel + cfg.max_queue)),
     )
-    app = AccessLog(Guard(build_app(pool, app_cfg), guard), log_line)
+
+    def write(entry: dict[str, Any]) -> None:
+        pool.metrics.request(entry)
+        log_line(entry)
+
+    app = AccessLog(Guard(build_app(pool, app_cfg), guard), write)
     config = uvicorn.Config(
         app,
         loop="asyncio",
@@ -260,6 +279,7 @@ def serve(cfg: ServerConfig) -> int:
             "model": stem,
             "parallel": cfg.parallel,
             "max_queue": cfg.max_queue,
+            "prompt_cache": cfg.prompt_cache,
             "ctx": app_cfg.n_ctx,
             "threads": engines[0].settings.threads,
             "auth": key is not None,
