@@ -24,8 +24,8 @@ from tokenizers import Tokenizer
 
 from tlite_edge.gguf_build.build import convert
 from tlite_edge.runtime import Engine
-from tlite_edge.runtime.chat import Reply, Utf8Stream
-from tlite_edge.runtime.parts import ReplyParser
+from tlite_edge.runtime.parts import ReplyParser, Utf8Stream
+from tlite_edge.runtime.reply import Reply
 from tlite_edge.serve.app import ServeConfig, build_app
 from tlite_edge.serve.pool import Pool
 

@@ -16,8 +16,8 @@ from conftest import make_rigged, run_cli
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime import Chat, Engine, Message, Sampling, reply_budget
 from tlite_edge.runtime import chat as chat_module
-from tlite_edge.runtime.chat import Utf8Stream
 from tlite_edge.runtime.hardware import parse_meminfo, parse_system_info, probe
+from tlite_edge.runtime.parts import Utf8Stream
 
 # "Ё" is two byte-level tokens (0xD0, 0x81), " Ъ" is " \xd0" + "\xaa": both split a Cyrillic letter.
 REPLY = "Ёлка, Ъ!"

@@ -10,7 +10,7 @@ The entry points for a chat UI or a server::
     reply.stats                    # tokens, evaluated prompt tokens, tok/s, time to first token, notices
 
 Layers, each importing only those before it: ``types`` (sampling, messages, stats, reply budget),
-``hardware``, ``fit`` (memory sizing), ``engine``, ``chat``; ``bare`` and ``bench`` for ``bench``.
+``hardware``, ``fit`` (memory sizing), ``engine``, ``reply``, ``chat``; ``bare`` and ``bench`` for ``bench``.
 The names below load llama.cpp on first use, so ``types``, ``fit`` and ``hardware`` stay light.
 """
 
@@ -20,14 +20,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tlite_edge.runtime.chat import Chat, Reply
+    from tlite_edge.runtime.chat import Chat
     from tlite_edge.runtime.engine import Engine, EngineSettings
+    from tlite_edge.runtime.reply import Reply
     from tlite_edge.runtime.types import Message, ReplyStats, Sampling, reply_budget
 
 # public name -> the module that defines it
 _HOMES = {
     "Chat": "chat",
-    "Reply": "chat",
+    "Reply": "reply",
     "Engine": "engine",
     "EngineSettings": "engine",
     "Message": "types",

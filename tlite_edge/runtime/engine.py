@@ -32,9 +32,10 @@ from tlite_edge.runtime.speculate import DraftModel
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
-# Flash attention on by default, as llama.cpp's own tools resolve their "auto" on CPU, CUDA and Metal:
-# on the 2-core CPU, pp 2.3x faster, tg not slower in the medians (BENCHMARKS.md, flash attention section).
-FLASH_ATTN_DEFAULT = True
+# Flash attention off by default (llama-cpp-python's default). On: prompts ~2.3x faster on the 2-core
+# CPU (BENCHMARKS.md, flash attention section), generation not settled; and a verify batch's logits then
+# differ from one-token decodes enough to flip greedy near-ties, so speculative replies could change.
+FLASH_ATTN_DEFAULT = False
 GIB = 2**30
 
 
@@ -183,7 +184,7 @@ class Engine:
         speculative: bool = True,
     ) -> Engine:
         """Check, size and load ``path``. ``gpu``: None auto, False CPU, True all layers, int layers.
-        ``flash_attn``: llama.cpp's flash attention kernels (on by default). ``rpc``: llama.cpp RPC
+        ``flash_attn``: llama.cpp's flash attention kernels (off by default). ``rpc``: llama.cpp RPC
         workers that take a share of the layers (``tensor_split``: "A,B[,LOCAL]" shares; default: in
         proportion to each one's free memory). ``speculative``: draft tokens from the prompt and check
         them in one batch (``runtime.speculate``)."""
