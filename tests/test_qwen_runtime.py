@@ -115,15 +115,16 @@ def test_engine_and_chat_stop_at_im_end(rigged: tuple[Path, str]) -> None:
         engine.close()
 
 
-def test_ollama_export_refused_until_its_chatml_template_exists(
-    rigged: tuple[Path, str], tmp_path: Path
-) -> None:
-    """The Modelfile's TEMPLATE is Llama-3's: a Qwen file gets one line instead of a wrong template."""
+def test_ollama_export_writes_chatml(rigged: tuple[Path, str], tmp_path: Path) -> None:
+    """A Qwen file gets a ChatML TEMPLATE and ChatML's stops, never the Llama-3 one."""
     from conftest import run_cli
 
     proc = run_cli("export", rigged[0], "--to", "ollama", "--dir", tmp_path / "mf")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "qwen3 (ChatML)" in proc.stderr and not (tmp_path / "mf").exists()
+    assert proc.returncode == 0, proc.stderr
+    (modelfile,) = (tmp_path / "mf").glob("*.Modelfile")
+    text = modelfile.read_text(encoding="utf-8")
+    assert "<|im_start|>" in text and "<|start_header_id|>" not in text
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|endoftext|>"' in text
 
 
 @pytest.mark.parametrize("level", ["Q8_0", "Q4_K_M"])
