@@ -32,8 +32,8 @@ from tlite_edge.runtime.speculate import DraftModel
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
-# Flash attention off by default (llama-cpp-python's default). On: prompts ~2.3x faster on the 2-core
-# CPU (BENCHMARKS.md, flash attention section), generation not settled; and a verify batch's logits then
+# Flash attention off by default (llama-cpp-python's default). On: prompts ~7 % faster on the 2-core
+# CPU, generation ~3 % (BENCHMARKS.md, flash attention section); but a verify batch's logits then
 # differ from one-token decodes enough to flip greedy near-ties, so speculative replies could change.
 FLASH_ATTN_DEFAULT = False
 GIB = 2**30
