@@ -6,6 +6,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from tlite_edge.errors import TliteError
 
@@ -26,6 +27,18 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno in _DISK_FULL:
         return "disk full: no space left to write the output"
     return exc.strerror or str(exc)
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value; missing, unreadable or not JSON is one ``TliteError`` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TliteError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TliteError(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise TliteError(path, f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
 
 
 @contextlib.contextmanager

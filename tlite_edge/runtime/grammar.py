@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlite_edge.errors import TliteError
+from tlite_edge.fsutil import read_json
 
 HEX = "[0-9a-fA-F]"
 PRIMITIVES: dict[str, str] = {
@@ -298,14 +299,7 @@ def schema_grammar(schema: dict[str, Any]) -> str:
 def load_schema_grammar(path: str | Path) -> str:
     """The grammar of the JSON schema in file ``path``; a missing, unreadable or unsupported file is
     one ``TliteError`` naming it."""
-    try:
-        schema = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TliteError(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TliteError(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise TliteError(path, f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    schema = read_json(path)
     if not isinstance(schema, dict):
         raise TliteError(path, "a JSON schema must be an object")
     try:

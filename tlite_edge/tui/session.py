@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tlite_edge.errors import TliteError
-from tlite_edge.fsutil import atomic_output
+from tlite_edge.fsutil import atomic_output, read_json
 
 if TYPE_CHECKING:
     from tlite_edge.runtime import Chat, Engine, Reply, ReplyStats, Sampling
@@ -127,14 +127,7 @@ def save_transcript(path: Path, chat: Chat, model: str) -> None:
 
 def load_transcript(path: Path, base: Sampling) -> tuple[list[dict[str, str]], Sampling]:
     """Messages and sampling from a ``/save`` file; anything malformed is one TliteError naming it."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TliteError(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TliteError(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise TliteError(path, f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != TRANSCRIPT_FORMAT:
         raise TliteError(path, f'not a saved chat (no "format": "{TRANSCRIPT_FORMAT}")')
     if data.get("version") != TRANSCRIPT_VERSION:
