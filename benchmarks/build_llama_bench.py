@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from llamacpp_convert import LlamacppConvertError, find_sdist, llamacpp_version  # noqa: E402
 
+from tlite_edge.runtime.hardware import NO_AMX  # noqa: E402
 from tlite_edge.samples.smollm2 import cache_root  # noqa: E402
 
 BINARY = "llama-bench"
@@ -53,6 +55,9 @@ CMAKE_FLAGS = (
     "-DGGML_CUDA=OFF",
     "-DGGML_VULKAN=OFF",
 )
+# as the README builds llama-cpp-python: no AMX kernels on x86-64 (they crashed on an AMX-capable VM)
+if platform.machine().lower() in ("x86_64", "amd64"):
+    CMAKE_FLAGS += (f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}")
 
 
 def extract(sdist: Path, version: str, dest: Path) -> Path:

@@ -238,6 +238,22 @@ def test_doctor_json(bf16_gguf: Path) -> None:
     assert out["recommended"] in names + [None]
 
 
+def test_doctor_warns_about_amx_kernels(bf16_gguf: Path) -> None:
+    """A build with llama.cpp's AMX kernels gets the warning (they crashed on a VM); one without, none."""
+    import io
+
+    from rich.console import Console
+
+    from tlite_edge.commands import doctor
+
+    report = doctor.diagnose(bf16_gguf, None, [])
+    for amx in (True, False):
+        report["hardware"]["cpu_features"]["AMX_INT8"] = amx
+        out = io.StringIO()
+        doctor.render(report, Console(file=out, width=400, color_system=None))
+        assert ("AMX kernels (AMX_INT8)" in out.getvalue()) == amx
+
+
 def test_low_memory_shrinks_context_and_suggests_a_level(rigged: tuple[Path, list[int]]) -> None:
     """360 MiB free: BF16 weights + the 128k-vocabulary logits buffer (~260 MiB) do not fit, 5 bits do."""
     hw = dataclasses.replace(probe(), ram_available=360 * 2**20, devices=[])

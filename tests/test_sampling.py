@@ -60,6 +60,29 @@ def test_penalties_follow_llama_cpp_formula(smol: Engine, smollm2: RealModel) ->
         assert tokens[i] == int(np.argmax(z)), i
 
 
+def test_greedy_argmax_shortcut_picks_llama_cpps_greedy_token(
+    smol: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy replies take numpy's argmax instead of llama.cpp's greedy sampler: the same tokens."""
+    from tlite_edge.runtime import sampler as sampler_module
+
+    monkeypatch.setattr(smol.settings, "speculative", False)  # one token per step on both sides
+    fast = Chat(smol).send(PROMPT, temp=0, max_tokens=24)
+    assert fast.sampler.argmax
+    fast.result()
+    init = sampler_module.Sampler.__init__
+
+    def no_shortcut(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        self.argmax = False
+
+    monkeypatch.setattr(sampler_module.Sampler, "__init__", no_shortcut)
+    slow = Chat(smol).send(PROMPT, temp=0, max_tokens=24)
+    assert not slow.sampler.argmax
+    slow.result()
+    assert len(fast.message.tokens) > 4 and fast.message.tokens == slow.message.tokens
+
+
 def test_logit_bias_forces_and_bans(smol: Engine) -> None:
     greedy = Chat(smol).send(PROMPT, temp=0, max_tokens=4)
     greedy.result()

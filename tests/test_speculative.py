@@ -41,8 +41,9 @@ def test_drafter_matches_plain_lookup() -> None:
     found = 0
     for _ in range(400):
         ids = [rng.randrange(6) for _ in range(rng.randrange(1, 40))]
-        drafter = Drafter(ids[:1], len(ids))
-        for t in ids[1:]:
+        cut = rng.randrange(1, len(ids) + 1)  # indexed as prompt up to here, then pushed as reply
+        drafter = Drafter(ids[:cut], len(ids))
+        for t in ids[cut:]:
             drafter.push(t)
         k = rng.randrange(1, 9)
         assert drafter.draft(k) == naive_draft(ids, k), ids

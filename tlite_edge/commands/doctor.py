@@ -20,9 +20,16 @@ from rich.console import Console
 from rich.table import Table
 
 from tlite_edge.errors import TliteError
+from tlite_edge.runtime.hardware import rebuild_command
 
 GIB = 2**30
 FIT_LABELS = {(True, False): "[green]yes[/]", (False, True): "[yellow]tight[/]", (False, False): "[red]no[/]"}
+
+
+AMX_WARNING = (
+    "this llama.cpp build has AMX kernels (AMX_INT8), which stopped with an illegal instruction on a "
+    "Sapphire-Rapids-class VM; if prompts crash, rebuild without them: {command}"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -182,6 +189,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+    if hw["cpu_features"].get("AMX_INT8"):
+        console.print(f"[yellow]warning:[/] {AMX_WARNING.format(command=rebuild_command())}", soft_wrap=True)
     model = report["model"]
     if model:
         console.print(

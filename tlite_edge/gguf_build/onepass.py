@@ -11,6 +11,7 @@ set last, and the tensors are in llama.cpp's order. Row blocks are bounded, so m
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -34,6 +35,7 @@ from tlite_edge.quant.type_rules import ModelShape, choose_types, supported
 
 GGML_QNT_VERSION = 2  # ggml.h: written as general.quantization_version by llama_model_quantize
 BLOCK_BYTES = 16 * 2**20  # float32 bytes per row block
+LOOKAHEAD = 2  # blocks (or tensor ends) submitted before the oldest is written
 FILE_DTYPE = {QT.BF16: "BF16", QT.F16: "F16", QT.F32: "F32"}  # intermediate types read as floats
 RESET_KEYS = (Keys.General.QUANTIZATION_VERSION, Keys.General.FILE_TYPE)
 Advance = Callable[[str, int, int, str], None]
@@ -157,34 +159,53 @@ def write_levels(
             lv.sink = HashingSink(fh)
             stack.callback(lv.sink.abort)
             lv.sink.write(lv.layout.header())
-        for i, name in enumerate(order, 1):
-            file_type = file_types[name]
-            imat = None if imatrix is None else imatrix.get(name)
-            bad = [0]
-            for block in file_blocks(prep, name, bad):
-                rows = None
-                made: dict[QT, list] = {file_type: [block]}  # levels that share a type share its bytes
-                for lv in levels:
-                    qtype = lv.types[name]
-                    if qtype in made:
-                        continue
-                    if rows is None:
-                        rows = _as_f32(block, file_type).reshape(block.shape[0] if block.ndim > 1 else 1, -1)
-                    use = imat if imat is not None and imat.size == rows.shape[1] else None
-                    parts = np.array_split(rows, min(max(1, threads), rows.shape[0]))
-                    made[qtype] = [pool.submit(quantize_rows, p, qtype, use) for p in parts]
-                jobs = [made[lv.types[name]] for lv in levels]
-                for lv, parts in zip(levels, jobs, strict=True):
-                    for part in parts:
-                        assert lv.sink is not None
-                        lv.sink.write(part if isinstance(part, np.ndarray) else part.result())
-            if bad[0]:
-                warnings.append(f"tensor {name} holds {bad[0]} NaN/Inf values")
-            for lv in levels:
+
+        def submit() -> Iterator[tuple[str, object]]:
+            """Each block's quantization jobs as they are submitted, then each tensor's end."""
+            for i, name in enumerate(order, 1):
+                file_type = file_types[name]
+                imat = None if imatrix is None else imatrix.get(name)
+                bad = [0]
+                for block in file_blocks(prep, name, bad):
+                    rows = None
+                    made: dict[QT, list] = {file_type: [block]}  # levels that share a type share its bytes
+                    for lv in levels:
+                        qtype = lv.types[name]
+                        if qtype in made:
+                            continue
+                        if rows is None:
+                            rows = _as_f32(block, file_type).reshape(
+                                block.shape[0] if block.ndim > 1 else 1, -1
+                            )
+                        use = imat if imat is not None and imat.size == rows.shape[1] else None
+                        parts = np.array_split(rows, min(max(1, threads), rows.shape[0]))
+                        made[qtype] = [pool.submit(quantize_rows, p, qtype, use) for p in parts]
+                    yield "block", [made[lv.types[name]] for lv in levels]
+                if bad[0]:
+                    warnings.append(f"tensor {name} holds {bad[0]} NaN/Inf values")
+                yield "end", (i, name)
+
+        def finish(kind: str, item: object) -> None:
+            """Write a block's bytes to every level, or pad every level at a tensor's end."""
+            for n, lv in enumerate(levels):
                 assert lv.sink is not None
+                if kind == "block":
+                    for part in item[n]:  # type: ignore[index]
+                        lv.sink.write(part if isinstance(part, np.ndarray) else part.result())
+                    continue
                 lv.sink.pad()
                 if advance is not None:
+                    i, name = item  # type: ignore[misc]
                     advance(lv.profile.name, i, len(order), name)
+
+        # The next block is read and widened while the pool still quantizes the previous ones.
+        pending: deque[tuple[str, object]] = deque()
+        for step in submit():
+            pending.append(step)
+            if len(pending) > LOOKAHEAD:
+                finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
         for lv in levels:
             assert lv.sink is not None
             lv.digest = lv.sink.hexdigest()

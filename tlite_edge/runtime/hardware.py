@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -67,6 +68,19 @@ class Hardware:
 
 
 # ---- cores -------------------------------------------------------------------------------------
+
+
+# llama.cpp's AMX kernels stopped with an illegal instruction on an AMX-capable VM: x86-64 builds leave
+# them out (README, Install).
+NO_AMX = "-mno-amx-int8"
+
+
+def rebuild_command(backend_flags: str = "-DGGML_RPC=on") -> str:
+    """The pip command that rebuilds llama-cpp-python with ``backend_flags`` as the README builds it."""
+    flags = backend_flags
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags += f" -DCMAKE_C_FLAGS={NO_AMX} -DCMAKE_CXX_FLAGS={NO_AMX}"
+    return f'CMAKE_ARGS="{flags}" pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python'
 
 
 def _cores_from_cpuinfo(text: str) -> int:

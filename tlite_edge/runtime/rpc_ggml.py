@@ -18,14 +18,13 @@ from collections.abc import Callable, Sequence
 import llama_cpp
 
 from tlite_edge.errors import TliteError
-from tlite_edge.runtime.hardware import _libggml, memory
+from tlite_edge.runtime.hardware import _libggml, memory, rebuild_command
 from tlite_edge.runtime.rpc import Endpoint, WorkerInfo, probe
 
 CHECKED_LLAMA_CPP = "0.3.36"  # the release whose headers these signatures were read from
 REBUILD = (
     "this llama-cpp-python was built without llama.cpp's RPC backend; rebuild it with: "
-    'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir --no-deps '
-    f"llama-cpp-python=={CHECKED_LLAMA_CPP}"
+    f"{rebuild_command()}=={CHECKED_LLAMA_CPP}"
 )
 EXIT_WORKER_LOST = 3  # exit code of a process whose RPC connection broke (llama.cpp would abort())
 DEVICE_GPU, DEVICE_CPU = 1, 0  # enum ggml_backend_dev_type

@@ -66,6 +66,9 @@ class Sampler:
                 llama_cpp.llama_sampler_init_dist(seed),
             ]
             self.need = s.top_k if 0 < s.top_k <= TIERS[-1] // 2 else n_vocab
+        # greedy with nothing before it: numpy's argmax over the logits picks the same token (the first
+        # of equal maxima, as llama.cpp's greedy sampler) without building a 128k candidate array
+        self.argmax = s.temp <= 0 and not pre and s.grammar is None
         if s.grammar is None:
             self.pre, self.post = None, _chain(pre + post)
             return
@@ -96,6 +99,8 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, idx: int) -> int:
         """Draw the token at output ``idx`` of the last decode and accept it into every sampler."""
+        if self.argmax:
+            return int(np.argmax(self.logits(ctx, idx)))
         if self.grammar is None:
             return int(llama_cpp.llama_sampler_sample(self.post, ctx, idx))
         full = self._full

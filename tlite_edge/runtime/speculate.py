@@ -46,35 +46,45 @@ class DraftModel:
 
 
 class Drafter:
-    """The prompt and the reply so far, and drafts looked up in them (or made by a draft model)."""
+    """The prompt and the reply so far, and drafts looked up in them (or made by a draft model).
+
+    Lookups cost O(1) per token: every n-gram (``MIN_NGRAM`` … ``MAX_NGRAM`` tokens) is indexed by where
+    it ends, the latest occurrence winning, once ``MIN_DRAFT`` tokens have followed it."""
 
     def __init__(self, prompt: Sequence[int], capacity: int, model: DraftModel | None = None) -> None:
         self.ids = np.zeros(len(prompt) + capacity + 1, dtype=np.int32)
         self.ids[: len(prompt)] = prompt
+        self.seq: list[int] = [int(t) for t in prompt]  # the same tokens, for cheap slicing and hashing
         self.n = len(prompt)
         self.model = model
+        self.ends: dict[tuple[int, ...], int] = {}
+        for end in range(MIN_NGRAM, self.n - MIN_DRAFT + 1):
+            self._index(end)
+
+    def _index(self, end: int) -> None:
+        seq = self.seq
+        for size in range(MIN_NGRAM, min(MAX_NGRAM, end) + 1):
+            self.ends[tuple(seq[end - size : end])] = end
 
     def push(self, token: int) -> None:
         if self.n < len(self.ids):
             self.ids[self.n] = token
+            self.seq.append(int(token))
             self.n += 1
+            if self.n - MIN_DRAFT >= MIN_NGRAM:
+                self._index(self.n - MIN_DRAFT)
 
     def draft(self, k: int) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the longest matching
         suffix (``MAX_NGRAM`` down to ``MIN_NGRAM`` tokens) followed by ``MIN_DRAFT`` tokens at least;
         [] when there is none."""
-        ids, n = self.ids, self.n
+        n, seq = self.n, self.seq
         if self.model is not None:
-            return self.model.draft(ids[:n], k)
+            return self.model.draft(self.ids[:n], k)
         for size in range(min(MAX_NGRAM, n - 1), MIN_NGRAM - 1, -1):
-            suffix = ids[n - size : n]
-            # windows starting at 0 .. n-size-1: every earlier occurrence (the suffix itself excluded)
-            windows = np.lib.stride_tricks.sliding_window_view(ids[: n - 1], size)
-            starts = np.flatnonzero((windows == suffix).all(axis=1)) + size
-            starts = starts[starts + MIN_DRAFT <= n]  # matches that leave a draft worth a batch
-            if len(starts):
-                start = int(starts[-1])
-                return ids[start : min(start + k, n)].tolist()
+            end = self.ends.get(tuple(seq[n - size : n]))
+            if end is not None:
+                return seq[end : min(end + k, n)]
         return []
 
 
