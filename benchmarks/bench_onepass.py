@@ -6,7 +6,7 @@ sampled peak ``RssAnon`` (memory that really needs RAM) and the peak bytes in th
 (the BF16 intermediate included). Outputs are deleted after each run. Usage::
 
     python benchmarks/make_8b_checkpoint.py --out bench-data/tlite-8b-random
-    python benchmarks/bench_onepass.py bench-data/tlite-8b-random -q q4_k_m -q q8_0,q6_k,q4_k_m
+    python benchmarks/bench_onepass.py bench-data/tlite-8b-random -q q4_k_m -q q8_0,q6_k,q4_k_m --once
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("-q", "--levels", action="append", required=True, help="levels per case (repeatable)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--rounds", type=int, default=1, help="ABBA rounds per case (default 1)")
+    ap.add_argument(
+        "--once", action="store_true", help="one run per path (via BF16, then one pass), not ABBA"
+    )
     args = ap.parse_args()
     gib = 2**30
     print(f"{SECTION}\n")
@@ -111,9 +114,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for levels in args.levels:
         runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-        for _ in range(args.rounds):
-            for via in (False, True, True, False):  # ABBA
-                runs[via].append(run_once(args.checkpoint, levels, via, args.threads))
+        order = (True, False) if args.once else (False, True, True, False) * args.rounds  # ABBA
+        for via in order:
+            runs[via].append(run_once(args.checkpoint, levels, via, args.threads))
         for via, label in ((False, "one pass"), (True, "via BF16")):
             r = runs[via]
             print(

@@ -138,9 +138,29 @@ def test_standin_rejections_identical(bf16_gguf: Path, monkeypatch: pytest.Monke
     engine = Engine.load(bf16_gguf, **NO_FA)
     prompt = "one two three four one two three four one two three four one two"
     _, off = reply(engine, False, prompt, max_tokens=40)
+    _, adaptive = reply(engine, True, prompt, max_tokens=40)
+    same(adaptive, off)
+    # where drafts never hold, the batches stop once the acceptance estimate says they cannot pay
+    assert 0 < adaptive.stats.drafted <= 36 and adaptive.stats.accepted == 0, adaptive.stats
+    monkeypatch.setattr(speculate.StepCosts, "best_draft", lambda self, n, p: n)  # always verify them all
     _, on = reply(engine, True, prompt, max_tokens=40)
     same(on, off)
     assert on.stats.drafted > 60 and on.stats.accepted == 0
+
+
+def test_step_costs_pick_the_draft_that_pays() -> None:
+    costs = speculate.StepCosts()
+    assert costs.best_draft(8, 0.9) == 0  # a plain step is timed first
+    costs.record(1, 1.0)
+    assert costs.best_draft(8, 0.1) == 8  # sizes not timed yet are tried
+    for size, seconds in {2: 1.6, 3: 2.08, 4: 1.63, 5: 2.28, 6: 2.78, 7: 3.38, 8: 3.31, 9: 3.69}.items():
+        costs.record(size, seconds)  # the 8B-shaped file's costs on a 2-core CPU (BENCHMARKS.md)
+    assert costs.best_draft(8, 0.8) == 3  # 1 + .8 + .64 + .512 = 2.95 tokens for 1.63 steps
+    assert costs.best_draft(2, 0.8) == 2  # 2.44 tokens for 2.08 steps still beat a plain step
+    assert costs.best_draft(2, 0.5) == 0  # 1.75 tokens for 2.08 steps do not
+    assert costs.best_draft(8, 0.3) == 0
+    costs.record(4, 3.0)  # a running average: one slow batch moves it a fifth of the way
+    assert costs.seconds[4] == pytest.approx(1.63 + 0.2 * (3.0 - 1.63))
 
 
 def test_cli_json_counts_and_switch() -> None:

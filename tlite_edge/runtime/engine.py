@@ -28,7 +28,7 @@ from tlite_edge.runtime.fit import context_for_memory, model_context, profile_fi
 from tlite_edge.runtime.hardware import Hardware, probe
 from tlite_edge.runtime.prompt import Prompt, TemplateCaps, build_prompt, template_caps
 from tlite_edge.runtime.rpc import Endpoint, parse_endpoint
-from tlite_edge.runtime.speculate import DraftModel
+from tlite_edge.runtime.speculate import DraftModel, StepCosts
 from tlite_edge.runtime.types import Generation, Message, Sampling
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")  # what the converter writes
@@ -147,6 +147,7 @@ class Engine:
         self.sampling = Sampling.from_metadata(meta)
         self._active: Generation | None = None  # the reply generating on this context
         self.draft_model: DraftModel | None = None  # set by ``use_draft``
+        self.step_costs = StepCosts()  # seconds per decode by batch size (speculative replies)
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._pieces: dict[int, bytes] = {}  # token -> bytes, filled as tokens are seen

@@ -16,7 +16,15 @@ import numpy as np
 
 from tlite_edge.runtime.parts import Part, ReplyParser, Utf8Stream
 from tlite_edge.runtime.sampler import Sampler, TokenLogprob
-from tlite_edge.runtime.speculate import MAX_DRAFT, MIN_DRAFT, Drafter, decode_all, truncate
+from tlite_edge.runtime.speculate import (
+    MAX_DRAFT,
+    MIN_DRAFT,
+    PRIOR_ACCEPTED,
+    PRIOR_REJECTED,
+    Drafter,
+    decode_all,
+    truncate,
+)
 from tlite_edge.runtime.types import Message, ReplyStats, Sampling
 
 if TYPE_CHECKING:
@@ -67,6 +75,7 @@ class Reply:
         on = engine.settings.speculative and max_tokens > 1
         self.drafter = Drafter(prompt, max_tokens, engine.draft_model) if on else None
         self._batch: tuple[int, list[int], int] | None = None
+        self._rejected = 0  # batches that ended on a draft the model did not take
         self._gen = self._parse()
 
     def __iter__(self) -> Iterator[str]:
@@ -208,7 +217,8 @@ class Reply:
     def _next(self, token: int) -> int:
         """The token after ``token`` (kept): from the last verified batch while its drafts hold, else
         after decoding ``token`` (with a draft when one is found)."""
-        llm, stats = self.chat.engine.llm, self.stats
+        engine, stats = self.chat.engine, self.stats
+        llm, costs = engine.llm, engine.step_costs
         if self.drafter is None:
             self.evaluate([token])
             return self.sample_at(-1)
@@ -219,18 +229,26 @@ class Reply:
                 stats.accepted += 1
                 self._batch = (base, drafts, idx + 1)
                 return self.sample_at(idx + 1)
+            self._rejected += idx < len(drafts)
             truncate(llm, base + idx + 1)  # drop the rejected drafts
             self._batch = None
         # a draft may cover only tokens the reply can still take after the next one
         room = min(MAX_DRAFT, self.max_tokens - stats.generated_tokens - 1)
         drafts = self.drafter.draft(room) if room >= MIN_DRAFT else []
+        if len(drafts) >= MIN_DRAFT:
+            held = stats.accepted + PRIOR_ACCEPTED
+            drafts = drafts[: costs.best_draft(len(drafts), held / (held + self._rejected + PRIOR_REJECTED))]
+        t0 = time.perf_counter()
         if len(drafts) < MIN_DRAFT:
             self.evaluate([token])
-            return self.sample_at(-1)
-        self._batch = (llm.n_tokens, drafts, 0)
-        decode_all(llm, [token, *drafts])
-        stats.drafted += len(drafts)
-        return self.sample_at(0)
+            out = self.sample_at(-1)
+        else:
+            self._batch = (llm.n_tokens, drafts, 0)
+            decode_all(llm, [token, *drafts])
+            stats.drafted += len(drafts)
+            out = self.sample_at(0)
+        costs.record(1 + len(drafts) if len(drafts) >= MIN_DRAFT else 1, time.perf_counter() - t0)
+        return out
 
     def sample_at(self, idx: int) -> int:
         """The token drawn from output ``idx`` of the last evaluation (-1: its last token), accepted by
