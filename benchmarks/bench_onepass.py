@@ -84,6 +84,7 @@ def run_once(checkpoint: Path, levels: str, via_bf16: bool, threads: int) -> dic
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
     return {
         "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
         "rss": usage.ru_maxrss * 1024,
         "anon": peaks["anon"],
         "disk": max(peaks["disk"], final),
@@ -109,9 +110,10 @@ def main() -> None:
     )
     print(f"`python benchmarks/bench_onepass.py {' '.join(sys.argv[1:])}`\n")
     print(
-        "| levels | path | wall s (median) | peak RSS GiB | peak RssAnon GiB | disk peak GiB | outputs GiB |"
+        "| levels | path | wall s (median) | CPU s (median) | peak RSS GiB | peak RssAnon GiB "
+        "| disk peak GiB | outputs GiB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for levels in args.levels:
         runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         order = (True, False) if args.once else (False, True, True, False) * args.rounds  # ABBA
@@ -121,13 +123,14 @@ def main() -> None:
             r = runs[via]
             print(
                 f"| {levels} | {label} | {statistics.median(x['wall'] for x in r):.1f} | "
+                f"{statistics.median(x['cpu'] for x in r):.1f} | "
                 f"{max(x['rss'] for x in r) / gib:.2f} | {max(x['anon'] for x in r) / gib:.2f} | "
                 f"{max(x['disk'] for x in r) / gib:.2f} | {r[0]['out'] / gib:.2f} |"
             )
         ratio = statistics.median(x["wall"] for x in runs[False]) / statistics.median(
             x["wall"] for x in runs[True]
         )
-        print(f"| {levels} | ratio one pass / via BF16 | {ratio:.2f} | | | | |")
+        print(f"| {levels} | ratio one pass / via BF16 | {ratio:.2f} | | | | | |")
 
 
 if __name__ == "__main__":

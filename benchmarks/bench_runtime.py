@@ -77,6 +77,11 @@ def _range(xs: list[float]) -> str:
     return f"{min(xs):.2f}–{max(xs):.2f}" if xs else ""
 
 
+def _rounds(lb: dict[str, Any], kind: str) -> str:
+    per_round = lb.get(f"{kind}_ratio_rounds") or []
+    return f" ({min(per_round):.3f}–{max(per_round):.3f})" if len(per_round) > 1 else ""
+
+
 def anchor_section(r: dict[str, Any]) -> list[str]:
     """Ours against llama-bench: medians, the range of every run, ratios and the 0.97× targets."""
     ours, lb, ratios, cfg = r["ours"], r["llama_bench"], r["ratios"], r["config"]
@@ -89,17 +94,19 @@ def anchor_section(r: dict[str, Any]) -> list[str]:
         f"Model `{Path(r['model']).name}`, {r['threads']} threads, batch {st['n_batch']}, ubatch "
         f"{st['n_ubatch']}, flash attention {fa} (the same for both), context {r['n_ctx']} (ours); "
         f"{cfg['reps']} repetitions, runs interleaved ours, bare, llama-bench, llama-bench, bare, ours, …; "
-        "medians, ranges over all runs in brackets.",
+        "medians, ranges over all runs in brackets; the ratios are medians of the ratio within each "
+        "round (its range in brackets), so the machine's drift between rounds cancels.",
         "",
         "| | tlite-edge | llama-bench | ours / llama-bench | target |",
         "|---|---:|---:|---:|---|",
         f"| pp{lb['pp_tokens']} (tok/s) | {ours['pp_tok_s']:.2f} ({_range(ours['pp_samples'])}) | "
-        f"{lb['pp_tok_s']:.2f} ({_range(lb['pp_samples'])}) | {ratios['pp_vs_llama_bench']:.3f} | "
+        f"{lb['pp_tok_s']:.2f} ({_range(lb['pp_samples'])}) | "
+        f"{ratios['pp_vs_llama_bench']:.3f}{_rounds(lb, 'pp')} | "
         f"≥ 0.97: {met['pp_vs_llama_bench']} |",
         f"| tg{lb['tg_tokens']} at depth {depth} (tok/s) | "
         f"{ours['tg_tok_s']:.2f} ({_range(ours['tg_samples'])}) | "
         f"{lb['tg_depth_tok_s']:.2f} ({_range(lb['tg_depth_samples'])}) | "
-        f"{ratios['tg_vs_llama_bench']:.3f} | "
+        f"{ratios['tg_vs_llama_bench']:.3f}{_rounds(lb, 'tg')} | "
         f"≥ 0.97: {met['tg_vs_llama_bench']} |",
         f"| tg{lb['tg_tokens']} at depth 0 (tok/s) | | {lb['tg_tok_s']:.2f} ({_range(lb['tg_samples'])}) | "
         f"{ratios['tg_vs_llama_bench_depth0']:.3f} | (not like for like) |",

@@ -16,8 +16,8 @@ from tlite_edge.errors import TliteError
 from tlite_edge.gguf.reader import GGUFHeader, read_header
 from tlite_edge.runtime import Chat, Engine
 from tlite_edge.runtime.bare import BareLlama
-from tlite_edge.runtime.bench import LLAMA_BENCH_TARGETS, TARGETS, weight_bytes_per_token
-from tlite_edge.runtime.llamabench import LlamaBench, parse_json
+from tlite_edge.runtime.bench import LLAMA_BENCH_TARGETS, TARGETS, _paired, weight_bytes_per_token
+from tlite_edge.runtime.llamabench import LlamaBench, LlamaBenchResult, parse_json
 
 LOOP = " Раз два три четыре пять шесть."
 ARGS = ("--pp", "48", "--tg", "12", "--reps", "1", "--ctx", "512", "--turns", "3", "--turn-tokens", "12")
@@ -197,6 +197,8 @@ def test_llama_bench_real_output(looping: Path) -> None:
     assert anchor["settings"]["threads"] == r["threads"]
     assert len(anchor["pp_samples"]) == len(anchor["tg_samples"]) == len(anchor["tg_depth_samples"]) == 1
     assert r["ratios"]["pp_vs_llama_bench"] == pytest.approx(ours["pp_tok_s"] / anchor["pp_tok_s"])
+    assert anchor["pp_ratio_rounds"] == [pytest.approx(r["ratios"]["pp_vs_llama_bench"])]  # one round
+    assert anchor["tg_ratio_rounds"] == [pytest.approx(r["ratios"]["tg_vs_llama_bench"])]
     assert r["ratios"]["tg_vs_llama_bench"] == pytest.approx(ours["tg_tok_s"] / anchor["tg_depth_tok_s"])
     assert set(r["targets"]) == set(TARGETS) | set(LLAMA_BENCH_TARGETS)
     from rich.console import Console
@@ -206,3 +208,18 @@ def test_llama_bench_real_output(looping: Path) -> None:
     out = io.StringIO()
     render(r, Console(file=out, width=160, color_system=None))
     assert "against llama-bench" in out.getvalue() and "tg_vs_llama_bench" in out.getvalue()
+
+
+def test_llama_bench_ratios_pair_runs_of_one_round() -> None:
+    def slot(pp: float, tg0: float, tg_deep: float) -> list[LlamaBenchResult]:
+        def res(n_prompt: int, n_gen: int, depth: int, x: float) -> LlamaBenchResult:
+            return LlamaBenchResult(n_prompt, n_gen, depth, x, (x,), 2, 512, 512, 0)
+
+        return [res(512, 0, 0, pp), res(0, 128, 0, tg0), res(0, 128, 512, tg_deep)]
+
+    # the machine runs at full speed in round 1 and at half speed in round 2: each round's ratio is 0.9
+    ours = {"pp_samples": [90.0, 45.0], "tg_samples": [18.0, 9.0]}
+    got = _paired(ours, [slot(100.0, 99.0, 20.0), slot(50.0, 99.0, 10.0)])
+    assert got["pp"] == [pytest.approx(0.9), pytest.approx(0.9)]
+    assert got["tg"] == [pytest.approx(0.9), pytest.approx(0.9)]  # against tg at depth, not at depth 0
+

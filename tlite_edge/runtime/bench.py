@@ -271,6 +271,7 @@ def run_bench(
     prompt = Chat(engine).prompt_for(text)
     lb_settings = llama_bench_settings(engine)
     lb_runs: list[LlamaBenchResult] = []
+    lb_rounds: list[list[LlamaBenchResult]] = []  # per interleaved round, to pair with ours
     interleave = settings.gpu_layers == 0
     ours_runs: list[tuple[list[int], Any, float]] = []
     if not interleave:
@@ -294,7 +295,10 @@ def run_bench(
                 elif who == "bare":
                     bare_runs.append(bare.run(prompt, max(n_gen, 1)))
                 elif llama_bench is not None:
-                    lb_runs += _llama_bench_slot(llama_bench, path, lb_settings, len(prompt), max(n_gen, 1))
+                    lb_rounds.append(
+                        _llama_bench_slot(llama_bench, path, lb_settings, len(prompt), max(n_gen, 1))
+                    )
+                    lb_runs += lb_rounds[-1]
         bare_out = _bare_summary(bare, bare_runs)
     finally:
         bare.close()
@@ -320,9 +324,14 @@ def run_bench(
     lb_out = None
     if llama_bench is not None:
         lb_out = _llama_bench_summary(llama_bench, lb_runs, lb_settings)
-        ratios["pp_vs_llama_bench"] = _ratio(ours["pp_tok_s"], lb_out["pp_tok_s"])
-        ratios["tg_vs_llama_bench"] = _ratio(ours["tg_tok_s"], lb_out["tg_depth_tok_s"])
         ratios["tg_vs_llama_bench_depth0"] = _ratio(ours["tg_tok_s"], lb_out["tg_tok_s"])
+        rounds = _paired(ours, lb_rounds) if lb_rounds else {}
+        for key, mine, theirs in (("pp", "pp_tok_s", "pp_tok_s"), ("tg", "tg_tok_s", "tg_depth_tok_s")):
+            per_round = rounds.get(key, [])
+            lb_out[f"{key}_ratio_rounds"] = per_round
+            ratios[f"{key}_vs_llama_bench"] = (
+                _median(per_round) if per_round else _ratio(ours[mine], lb_out[theirs])
+            )
         targets.update(LLAMA_BENCH_TARGETS)
     return {
         "model": str(path),
@@ -345,6 +354,18 @@ def run_bench(
         "ratios": ratios,
         "targets": {k: _meets(ratios[k], *targets[k]) for k in targets},
     }
+
+
+def _paired(ours: dict[str, Any], rounds: list[list[LlamaBenchResult]]) -> dict[str, list[float]]:
+    """Ours / llama-bench within each interleaved round (pp; tg at ours' depth): runs minutes apart
+    drift by more than the gap being measured, runs of one round by less."""
+    out: dict[str, list[float]] = {"pp": [], "tg": []}
+    for mine_pp, mine_tg, slot in zip(ours["pp_samples"], ours["tg_samples"], rounds, strict=True):
+        pp = [x for r in slot if r.kind == "pp" for x in r.samples]
+        tg = [x for r in slot if r.kind == "tg" and r.depth > 0 for x in r.samples]
+        out["pp"].append(_ratio(mine_pp, _median(pp)))
+        out["tg"].append(_ratio(mine_tg, _median(tg)))
+    return out
 
 
 def _ratio(a: float, b: float) -> float:
