@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.metrics import CONTENT_TYPE
 from tlite_edge.serve.pool import Job, Outcome, Pool
-from tlite_edge.serve.protocol import LOG_KEY, ApiError, Shaper, bad, parse_json, parse_request, sse
+from tlite_edge.serve.protocol import LOG_KEY, ApiError, bad, parse_json, parse_request
+from tlite_edge.serve.shape import Shaper, sse
 from tlite_edge.serve.wire import CLOSED_KEY, DROPPED_KEY, REFUSE_KEY
 
 DRAIN_SECONDS = 5.0  # after a disconnect, how long to wait for the reply's own end (for the log)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime.rpc import Endpoint, parse_endpoints, probe, reachable
 from tlite_edge.serve.pool import Job, TokenInfo
-from tlite_edge.serve.protocol import ApiError, Request, Usage
+from tlite_edge.serve.protocol import ApiError, Request
+from tlite_edge.serve.shape import Usage
 
 if TYPE_CHECKING:
     from collections.abc import Callable

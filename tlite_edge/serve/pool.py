@@ -25,7 +25,8 @@ import numpy as np
 from tlite_edge.errors import TliteError
 from tlite_edge.runtime.types import reply_budget
 from tlite_edge.serve.metrics import ServeMetrics
-from tlite_edge.serve.protocol import ApiError, Request, Usage
+from tlite_edge.serve.protocol import ApiError, Request
+from tlite_edge.serve.shape import Usage
 from tlite_edge.serve.slots import Slot, choose, prompt_ids
 from tlite_edge.serve.stops import StopMatcher
 
