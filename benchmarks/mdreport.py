@@ -28,10 +28,24 @@ def stamp() -> str:
     return f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}."
 
 
+def command_line() -> str:
+    """The command that ran, to copy: paths relative to the working folder, llama-bench as built."""
+    parts = []
+    for arg in sys.argv:
+        path = Path(arg)
+        if path.is_absolute() and path.name == "llama-bench":
+            parts.append('"$(python benchmarks/build_llama_bench.py)"')
+            continue
+        if path.is_absolute() and path.is_relative_to(Path.cwd()):
+            arg = str(path.relative_to(Path.cwd()))
+        parts.append(shlex.quote(arg))
+    return "python " + " ".join(parts)
+
+
 def replace_section(md_path: Path, title: str, body: list[str]) -> None:
     """Replace (or append) the ``## title`` section of a markdown file, with the command that made it."""
     md = md_path.read_text(encoding="utf-8") if md_path.exists() else "# Benchmarks\n"
-    text = "\n".join([title, "", *body, "", "```sh", "python " + shlex.join(sys.argv), "```", ""])
+    text = "\n".join([title, "", *body, "", "```sh", command_line(), "```", ""])
     pattern = re.compile(r"^" + re.escape(title) + r"$.*?(?=\n## |\Z)", re.S | re.M)  # a whole heading line
     md = pattern.sub(lambda m: text, md) if pattern.search(md) else md.rstrip() + "\n\n" + text
     md_path.write_text(md, encoding="utf-8")
