@@ -116,13 +116,13 @@ def rpc_endpoints(args: argparse.Namespace) -> list:
         raise TliteError(None, "--tensor-split needs --rpc")
     if not getattr(args, "rpc", None):
         return []
-    from tlite_edge.runtime.rpc import parse_endpoints, reachable
+    from tlite_edge.runtime.rpc import down_workers, parse_endpoints
     from tlite_edge.runtime.rpc_ggml import on_abort
 
     endpoints = parse_endpoints(args.rpc)
 
     def lost(message: str) -> None:
-        down = [str(e) for e in endpoints if not reachable(e, 0.5)] or ["?"]
+        down = [str(e) for e in down_workers(endpoints)] or ["?"]
         print(
             f"tlite-edge {args.verb}: error: lost the RPC worker {', '.join(down)} "
             f"(llama.cpp: {message.rpartition(': ')[2] or message}); the reply is incomplete",

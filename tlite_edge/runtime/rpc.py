@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -139,6 +140,18 @@ def reachable(endpoint: Endpoint, timeout: float = 1.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def down_workers(endpoints: Sequence[Endpoint], wait: float = 2.0, timeout: float = 0.5) -> list[Endpoint]:
+    """The workers whose port refuses connections, after llama.cpp lost one: a dying worker's listening
+    socket can outlive the connection it broke by a moment, so look again for up to ``wait`` seconds
+    until one is down (empty: none went down)."""
+    deadline = time.monotonic() + wait
+    while True:
+        down = [e for e in endpoints if not reachable(e, timeout)]
+        if down or time.monotonic() >= deadline:
+            return down
+        time.sleep(0.1)
 
 
 def layer_split(

@@ -12,6 +12,8 @@ from the reply's acceptance so far (none when a plain step is expected to be fas
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence
 
 import llama_cpp
@@ -23,36 +25,52 @@ MAX_DRAFT = 8  # tokens proposed per step
 MIN_DRAFT = 2  # a shorter draft is not worth a batch: decode one token as usual
 
 
-ALPHA = 0.2  # weight of a new timing in the running step costs
+WINDOW = 5  # timings kept per batch size; its cost is their (low) median, so one hiccup does not count
+RETRY = 16  # after this many drafts declined on cost alone, verify some anyway: timings stay current
+EXPLORE_P = 0.5  # ... where drafts have been holding at least this often
 PRIOR_ACCEPTED, PRIOR_REJECTED = 3, 1  # a reply starts out expecting 3 of 4 drafts to hold
 
 
 class StepCosts:
-    """Seconds per model step by batch size (1: a plain one-token step), learned as replies run (a running
-    average per size, kept by the engine: what verifying k drafts costs depends on the model and machine;
-    on a 2-core CPU a 2-token batch cost 1.6 one-token steps, a 4-token batch about the same)."""
+    """Seconds per model step by batch size (1: a plain one-token step), learned as replies run and kept
+    by the engine: what verifying k drafts costs depends on the model and machine (on a 2-core CPU a
+    2-token batch cost 1.6 one-token steps, a 4-token batch about the same). Each size's cost is the low
+    median of its last ``WINDOW`` timings, and while drafts hold every ``RETRY``-th one declined on cost
+    is verified anyway, so slow timings (a page fault, another process) cannot turn speculation off."""
 
     def __init__(self) -> None:
-        self.seconds: dict[int, float] = {}
+        self.samples: dict[int, deque[float]] = {}
+        self.declined = 0
 
     def record(self, size: int, seconds: float) -> None:
-        old = self.seconds.get(size)
-        self.seconds[size] = seconds if old is None else old + ALPHA * (seconds - old)
+        self.samples.setdefault(size, deque(maxlen=WINDOW)).append(seconds)
+
+    def cost(self, size: int) -> float | None:
+        """Seconds for a step of ``size`` tokens (None: not timed yet)."""
+        timings = self.samples.get(size)
+        return statistics.median_low(timings) if timings else None
 
     def best_draft(self, n_drafts: int, p: float) -> int:
         """How many of ``n_drafts`` drafted tokens to verify in one batch: the count with the most expected
         tokens per second when each draft holds with probability ``p`` until the first miss (a batch of
         1 + k yields 1 + p + … + p^k tokens), or 0 when a plain step is expected to be faster. A plain step
         is timed first; a batch size not timed yet counts as cheap as a plain step, so it gets tried."""
-        t1 = self.seconds.get(1)
+        t1 = self.cost(1)
         if t1 is None:
             return 0
         best, best_rate, gain = 0, 1.0 / t1, 1.0
+        closest, closest_rate = 0, 0.0  # the size nearest to paying, re-timed every RETRY-th decline
         for k in range(1, n_drafts + 1):
             gain += p**k
-            rate = gain / self.seconds.get(k + 1, t1)
+            rate = gain / (self.cost(k + 1) or t1)
             if k >= MIN_DRAFT and rate > best_rate:
                 best, best_rate = k, rate
+            if k >= MIN_DRAFT and rate > closest_rate:
+                closest, closest_rate = k, rate
+        if best == 0 and closest and p >= EXPLORE_P:  # drafts hold, only the timings say no
+            self.declined += 1
+            if self.declined % RETRY == 0:
+                return closest
         return best
 
 

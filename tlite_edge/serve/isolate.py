@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from tlite_edge.errors import TliteError
-from tlite_edge.runtime.rpc import Endpoint, parse_endpoints, probe, reachable
+from tlite_edge.runtime.rpc import Endpoint, down_workers, parse_endpoints, probe, reachable
 from tlite_edge.serve.pool import Job, TokenInfo
 from tlite_edge.serve.protocol import ApiError, Request
 from tlite_edge.serve.shape import Usage
@@ -182,7 +182,7 @@ class IsolatedEngine:
                 elif kind == "lost":
                     self.lost_detail = event["message"].rpartition(": ")[2]
             self._reap()
-            raise _lost([str(ep) for ep in self.endpoints if not reachable(ep)], self.lost_detail)
+            raise _lost([str(ep) for ep in down_workers(self.endpoints)], self.lost_detail)
 
     def close(self) -> None:
         with self.write_lock:
