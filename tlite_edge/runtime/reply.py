@@ -238,16 +238,18 @@ class Reply:
         if len(drafts) >= MIN_DRAFT:
             held = stats.accepted + PRIOR_ACCEPTED
             drafts = drafts[: costs.best_draft(len(drafts), held / (held + self._rejected + PRIOR_REJECTED))]
-        t0 = time.perf_counter()
-        if len(drafts) < MIN_DRAFT:
-            self.evaluate([token])
-            out = self.sample_at(-1)
         else:
+            drafts = []
+        t0 = time.perf_counter()
+        if drafts:
             self._batch = (llm.n_tokens, drafts, 0)
             decode_all(llm, [token, *drafts])
             stats.drafted += len(drafts)
             out = self.sample_at(0)
-        costs.record(1 + len(drafts) if len(drafts) >= MIN_DRAFT else 1, time.perf_counter() - t0)
+        else:
+            self.evaluate([token])
+            out = self.sample_at(-1)
+        costs.record(1 + len(drafts), time.perf_counter() - t0)
         return out
 
     def sample_at(self, idx: int) -> int:

@@ -58,20 +58,19 @@ class StepCosts:
         t1 = self.cost(1)
         if t1 is None:
             return 0
-        best, best_rate, gain = 0, 1.0 / t1, 1.0
-        closest, closest_rate = 0, 0.0  # the size nearest to paying, re-timed every RETRY-th decline
+        best, best_rate, gain = 0, 0.0, 1.0
         for k in range(1, n_drafts + 1):
             gain += p**k
             rate = gain / (self.cost(k + 1) or t1)
             if k >= MIN_DRAFT and rate > best_rate:
                 best, best_rate = k, rate
-            if k >= MIN_DRAFT and rate > closest_rate:
-                closest, closest_rate = k, rate
-        if best == 0 and closest and p >= EXPLORE_P:  # drafts hold, only the timings say no
+        if best_rate > 1.0 / t1:
+            return best
+        if best and p >= EXPLORE_P:  # drafts hold, only the timings say no: re-time the nearest size
             self.declined += 1
             if self.declined % RETRY == 0:
-                return closest
-        return best
+                return best
+        return 0
 
 
 class DraftModel:
