@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,6 +22,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from mdreport import command_line, stamp
 
 SECTION = "## Convert -q in one pass vs through the BF16 file"
 
@@ -104,11 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     gib = 2**30
     print(f"{SECTION}\n")
-    print(
-        f"Date {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"checkpoint {args.checkpoint.name}"
-    )
-    print(f"`python benchmarks/bench_onepass.py {' '.join(sys.argv[1:])}`\n")
+    print(f"{stamp()} Checkpoint {args.checkpoint.name}.")
+    print(f"`{command_line()}`\n")
     print(
         "| levels | path | wall s (median) | CPU s (median) | peak RSS GiB | peak RssAnon GiB "
         "| disk peak GiB | outputs GiB |"
