@@ -268,7 +268,7 @@ def test_disconnect_stops_non_streamed_generation(busy_server: Server) -> None:
     conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
     t0 = time.monotonic()
     while busy_server.request("GET", "/health")[2]["slots"]["busy"] == 0:  # generating
-        assert time.monotonic() - t0 < 2, "the request never started"
+        assert time.monotonic() - t0 < 10, "the request never started"
         time.sleep(0.02)
     conn.sock.close()
     conn.close()

@@ -334,43 +334,42 @@ def test_stop_bytes_limit(srv: Server) -> None:
     assert status == 400 and out["error"]["param"] == "stop" and "bytes" in out["error"]["message"]
 
 
-def _per_token(s: Server, stop: list[str] | None) -> float:
-    body = {"model": MODEL, "prompt": "x", "max_tokens": 96, "temperature": 0, "seed": 3}
-    t0 = time.perf_counter()
-    status, _, out = s.request("POST", "/v1/completions", {**body, **({"stop": stop} if stop else {})})
-    assert status == 200 and out["usage"]["completion_tokens"] == 96, out
-    return (time.perf_counter() - t0) / 96
+def test_long_stops_accepted(srv: Server) -> None:
+    """The largest allowed stops (4 × 8 KB) are taken and run to the length limit (their cost per token is
+    measured by benchmarks/bench_stop.py; the matcher's work is counted below)."""
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 24, "temperature": 0, "seed": 3}
+    status, _, out = srv.request("POST", "/v1/completions", {**body, "stop": ["q" * 8_000] * 4})
+    assert status == 200 and out["usage"]["completion_tokens"] == 24, out
+    assert out["choices"][0]["finish_reason"] == "length", out
 
 
-def test_long_stop_costs_little_per_token(srv: Server) -> None:
-    """A 10 KB stop, and the largest allowed (4 × 8 KB), cost well under 2× the no-stop time per token
-    (the old matcher tested every prefix on every token: quadratic in the stop length)."""
-    runs: dict[str, list[float]] = {"none": [], "10k": [], "32k": []}
-    stops = {"none": None, "10k": ["q" * 10_000], "32k": ["q" * 8_000] * 4}
-    _per_token(srv, None)  # warm up
-    for _ in range(3):  # interleaved, best of three: one run's ratio, robust to a busy machine
-        for name, stop in stops.items():
-            runs[name].append(_per_token(srv, stop))
-    base = min(runs["none"])
-    assert min(runs["10k"]) < 2 * base and min(runs["32k"]) < 1.5 * base, runs
+class _Counted(str):
+    """A stop string that counts how often the matcher looks into it."""
+
+    looks = 0
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        _Counted.looks += 1
+        return str.__getitem__(self, key)
 
 
 def test_stop_matcher_linear() -> None:
-    """In-process: feeding 2,000 pieces costs about the same with a 32 KB stop as with a 1 KB one."""
-    from tlite_edge.serve.pool import StopMatcher
+    """The matcher looks into a stop string a bounded number of times per generated character, whatever
+    the stop's length (the old one tested every prefix of every stop on every token: quadratic)."""
+    from tlite_edge.serve.stops import StopMatcher
 
     pieces = ["При", "вет", " q", "qq", "q ", "мир", "!"] * 300
+    chars = sum(map(len, pieces))
 
-    def cost(stop: str) -> float:
-        matcher = StopMatcher([stop])
-        t0 = time.perf_counter()
+    def looks(stop: str) -> int:
+        matcher = StopMatcher([_Counted(stop), _Counted(stop[::-1])])
+        _Counted.looks = 0  # building the failure tables is linear in the stop, once per request
         for piece in pieces:
             assert not matcher.feed(piece)[1]
-        return time.perf_counter() - t0
+        return _Counted.looks
 
-    small = min(cost("q" * 1_000 + "!") for _ in range(3))
-    large = min(cost("q" * 32_000 + "!") for _ in range(3))
-    assert large < 3 * small + 0.01, (small, large)
+    small, large = looks("q" * 1_000 + "!"), looks("q" * 32_000 + "!")
+    assert small == large and large <= 2 * 3 * chars, (small, large, chars)
 
 
 # ---- fields: honoured or refused, never dropped ------------------------------------------------------
