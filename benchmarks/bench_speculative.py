@@ -1,4 +1,5 @@
-"""Prompt-lookup speculative decoding on SmolLM2-135M-Instruct: acceptance and wall-clock speed-up.
+"""Prompt-lookup speculative decoding: acceptance and wall-clock speed-up (SmolLM2-135M-Instruct, or
+the GGUF given with ``--model``).
 
 Two copy-heavy tasks over a ~1,000-token text (rewrite it; extract the sentences about the harbour),
 greedy, each reply with and without speculation in ABBA order (off, on, on, off per round) on one
@@ -6,6 +7,7 @@ engine, so the prompt comes from the KV cache and the timings are the reply's ow
 be the same token for token.
 
     python benchmarks/bench_speculative.py --update-md BENCHMARKS.md
+    python benchmarks/bench_speculative.py --model bench-data/tlite-8b-random-Q4_K_M.gguf --rounds 1
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="ABBA rounds per task")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, help="a GGUF (default: SmolLM2-135M-Instruct Q4_1)")
     ap.add_argument("--update-md")
     args = ap.parse_args()
-    engine = Engine.load(smollm2_gguf(), ctx=2048, threads=args.threads, seed=0)
+    model = args.model or smollm2_gguf()
+    engine = Engine.load(model, ctx=2048, threads=args.threads, seed=0)
     text = source_text()
     rows = []
     for name, template in TASKS.items():
@@ -94,10 +98,11 @@ def main() -> int:
         )
         print(rows[-1], flush=True)
     if args.update_md:
+        label = "SmolLM2-135M-Instruct Q4_1" if args.model is None else f"`{model.name}`"
         body = [
             stamp(),
             "",
-            f"SmolLM2-135M-Instruct Q4_1, {args.threads} threads, greedy, at most {args.max_tokens} reply "
+            f"{label}, {args.threads} threads, greedy, at most {args.max_tokens} reply "
             f"tokens; {args.rounds} ABBA rounds per task (off, on, on, off), the prompt already in the KV "
             "cache, so the wall time is the reply's. Replies identical with and without speculation "
             "(checked). Accepted share = accepted drafts / reply tokens (tokens that needed no step of "
@@ -108,7 +113,8 @@ def main() -> int:
             "|---|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
         ]
-        replace_section(Path(args.update_md), SECTION, body)
+        title = SECTION if args.model is None else f"{SECTION}, {model.name}"
+        replace_section(Path(args.update_md), title, body)
     return 0
 
 
